@@ -1,0 +1,518 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { PassThrough, type Readable } from 'node:stream';
+import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import type { HostConnection } from '../workflows/contracts/hosts.js';
+
+/**
+ * One interface to run a command on a host and to stream bytes in and out of it: local child processes
+ * for the base server, ssh2 for every other host. Commands are argv arrays; nothing passes through a
+ * local shell, and remote commands are quoted here, in one place.
+ */
+export interface HostShell {
+  readonly hostId: string;
+  /** Runs argv to completion. Rejects with HostCommandError on an unexpected exit code (stderr included). */
+  run(argv: readonly string[], opts?: RunOptions): Promise<RunResult>;
+  /** Starts argv and hands its stdout over as a stream; `done` settles when the command has exited. */
+  openReader(argv: readonly string[], opts?: RunOptions): Promise<{ stdout: Readable; done: Promise<RunResult> }>;
+  close(): Promise<void>;
+}
+
+export interface RunOptions {
+  /** Bytes or a stream fed to the command's stdin (closed afterwards). */
+  stdin?: string | Buffer | Readable;
+  /** Kill the command after this long (default: the shell's command timeout). */
+  timeoutMs?: number;
+  /** Cancellation (for example an activity's cancellationSignal()). */
+  signal?: AbortSignal;
+  /** Exit codes that count as success (default [0]). */
+  okExitCodes?: readonly number[];
+  /** Cap on captured stdout; beyond it the result is marked truncated (default 16 MiB). */
+  maxStdoutBytes?: number;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  durationMs: number;
+  stdoutTruncated: boolean;
+}
+
+const STDERR_TAIL_BYTES = 8192;
+const DEFAULT_MAX_STDOUT = 16 * 1024 * 1024;
+
+export class HostCommandError extends Error {
+  constructor(
+    readonly hostId: string,
+    readonly command: string,
+    readonly exitCode: number | null,
+    readonly signalName: string | null,
+    readonly stderr: string,
+    readonly stdout: string,
+  ) {
+    const how = exitCode === null ? `was killed by ${signalName ?? 'a signal'}` : `exited with ${exitCode}`;
+    const detail = (stderr.trim() || stdout.trim()).slice(-2000);
+    super(`command \`${abbreviate(command)}\` on host ${hostId} ${how}${detail ? `: ${detail}` : ''}`);
+    this.name = 'HostCommandError';
+  }
+}
+
+export class HostTimeoutError extends Error {
+  constructor(
+    readonly hostId: string,
+    readonly command: string,
+    readonly timeoutMs: number,
+    readonly stderr: string,
+  ) {
+    super(`command \`${abbreviate(command)}\` on host ${hostId} did not finish within ${timeoutMs} ms${stderr.trim() ? `: ${stderr.trim().slice(-1000)}` : ''}`);
+    this.name = 'HostTimeoutError';
+  }
+}
+
+export type ConnectFailure = 'timeout' | 'auth' | 'host-key' | 'refused' | 'unreachable' | 'no-host-key' | 'other';
+
+export class HostConnectError extends Error {
+  constructor(
+    readonly hostId: string,
+    readonly reason: ConnectFailure,
+    message: string,
+  ) {
+    super(`cannot reach host ${hostId}: ${message}`);
+    this.name = 'HostConnectError';
+  }
+}
+
+export class HostAbortError extends Error {
+  constructor(readonly hostId: string, readonly command: string) {
+    super(`command \`${abbreviate(command)}\` on host ${hostId} was cancelled`);
+    this.name = 'AbortError';
+  }
+}
+
+function abbreviate(command: string): string {
+  return command.length > 300 ? `${command.slice(0, 300)}...` : command;
+}
+
+/** POSIX shell quoting of one word; the only place remote command lines are assembled. */
+export function shellQuote(word: string): string {
+  if (word === '') return "''";
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(word)) return word;
+  return `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+export function shellJoin(argv: readonly string[]): string {
+  if (argv.length === 0) throw new Error('empty command');
+  return argv.map(shellQuote).join(' ');
+}
+
+/** Collects stdout up to a cap and the tail of stderr. */
+class OutputCollector {
+  private readonly out: Buffer[] = [];
+  private outBytes = 0;
+  truncated = false;
+  private err = Buffer.alloc(0);
+  constructor(private readonly maxStdout: number) {}
+  stdout(chunk: Buffer): void {
+    if (this.outBytes >= this.maxStdout) {
+      this.truncated = true;
+      return;
+    }
+    const room = this.maxStdout - this.outBytes;
+    if (chunk.length > room) this.truncated = true;
+    const kept = chunk.length > room ? chunk.subarray(0, room) : chunk;
+    this.out.push(kept);
+    this.outBytes += kept.length;
+  }
+  stderr(chunk: Buffer): void {
+    const joined = Buffer.concat([this.err, chunk]);
+    this.err = joined.length > STDERR_TAIL_BYTES ? joined.subarray(joined.length - STDERR_TAIL_BYTES) : joined;
+  }
+  get stdoutText(): string {
+    return Buffer.concat(this.out).toString('utf8');
+  }
+  get stderrText(): string {
+    return this.err.toString('utf8');
+  }
+}
+
+/** Why a finished command failed, or undefined when it succeeded. */
+function failureOf(
+  hostId: string,
+  command: string,
+  o: { stoppedFor: 'timeout' | 'abort' | undefined; timeoutMs: number; exitCode: number | null; signalName: string | null; result: RunResult; ok: readonly number[] | undefined },
+): Error | undefined {
+  if (o.stoppedFor === 'timeout') return new HostTimeoutError(hostId, command, o.timeoutMs, o.result.stderr);
+  if (o.stoppedFor === 'abort') return new HostAbortError(hostId, command);
+  if (o.exitCode === null || !(o.ok ?? [0]).includes(o.exitCode)) {
+    return new HostCommandError(hostId, command, o.exitCode, o.signalName, o.result.stderr, o.result.stdout);
+  }
+  return undefined;
+}
+
+function feedStdin(stdin: RunOptions['stdin'], sink: NodeJS.WritableStream & { end(): void }): void {
+  if (stdin === undefined) {
+    sink.end();
+  } else if (typeof stdin === 'string' || Buffer.isBuffer(stdin)) {
+    sink.end(stdin);
+  } else {
+    stdin.pipe(sink);
+  }
+}
+
+/** The base server: commands run as child processes of the worker, no shell involved. */
+export class LocalShell implements HostShell {
+  constructor(
+    readonly hostId: string,
+    private readonly defaults: { commandTimeoutMs: number; env?: NodeJS.ProcessEnv } = { commandTimeoutMs: 120_000 },
+  ) {}
+
+  async run(argv: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+    const { done } = this.start(argv, opts, true);
+    return done;
+  }
+
+  async openReader(argv: readonly string[], opts: RunOptions = {}): Promise<{ stdout: Readable; done: Promise<RunResult> }> {
+    const stdout = new PassThrough();
+    const { done } = this.start(argv, opts, false, stdout);
+    return { stdout, done };
+  }
+
+  async close(): Promise<void> {}
+
+  private start(argv: readonly string[], opts: RunOptions, capture: boolean, stdoutSink?: PassThrough): { done: Promise<RunResult> } {
+    const command = shellJoin(argv);
+    const [file, ...args] = argv as [string, ...string[]];
+    const timeoutMs = opts.timeoutMs ?? this.defaults.commandTimeoutMs;
+    const started = Date.now();
+    const collector = new OutputCollector(opts.maxStdoutBytes ?? DEFAULT_MAX_STDOUT);
+    const done = new Promise<RunResult>((resolve, reject) => {
+      if (opts.signal?.aborted) return reject(new HostAbortError(this.hostId, command));
+      // A process group of its own, so a timeout or a cancel kills everything the command started.
+      const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env: this.defaults.env ?? process.env });
+      let settled = false;
+      let killedFor: 'timeout' | 'abort' | undefined;
+      const kill = (why: 'timeout' | 'abort') => {
+        killedFor = why;
+        try {
+          if (child.pid) process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          child.kill('SIGKILL');
+        }
+      };
+      const timer = setTimeout(() => kill('timeout'), timeoutMs);
+      const onAbort = () => kill('abort');
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      const finish = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        opts.signal?.removeEventListener('abort', onAbort);
+        fn();
+      };
+      if (capture || !stdoutSink) child.stdout.on('data', (c: Buffer) => collector.stdout(c));
+      else child.stdout.pipe(stdoutSink);
+      child.stderr.on('data', (c: Buffer) => collector.stderr(c));
+      child.stdin.on('error', () => {
+        /* the command may exit without reading all of stdin; its exit status tells the story */
+      });
+      child.on('error', (err: NodeJS.ErrnoException) =>
+        finish(() => {
+          stdoutSink?.destroy(err);
+          reject(
+            err.code === 'ENOENT'
+              ? new HostCommandError(this.hostId, command, 127, null, `${file}: command not found`, '')
+              : err,
+          );
+        }),
+      );
+      child.on('close', (code, signal) =>
+        finish(() => {
+          const result: RunResult = {
+            stdout: collector.stdoutText,
+            stderr: collector.stderrText,
+            exitCode: code ?? -1,
+            durationMs: Date.now() - started,
+            stdoutTruncated: collector.truncated,
+          };
+          const failure = failureOf(this.hostId, command, { stoppedFor: killedFor, timeoutMs, exitCode: code, signalName: signal, result, ok: opts.okExitCodes });
+          if (failure) {
+            stdoutSink?.destroy(failure);
+            return reject(failure);
+          }
+          resolve(result);
+        }),
+      );
+      feedStdin(opts.stdin, child.stdin);
+    });
+    done.catch(() => undefined);
+    return { done };
+  }
+}
+
+export interface SshShellOptions {
+  privateKey: Buffer | string;
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
+  /** Channels open at once on one connection (sshd's MaxSessions defaults to 10). */
+  maxChannels?: number;
+}
+
+/** Decodes a pinned key: the key blob of an OpenSSH public key line, or a SHA256 fingerprint. */
+export function hostKeyMatcher(pinned: string): (presented: Buffer) => boolean {
+  const trimmed = pinned.trim();
+  if (trimmed.startsWith('SHA256:')) {
+    const want = trimmed.slice('SHA256:'.length).replace(/=+$/, '');
+    return (key) => createHash('sha256').update(key).digest('base64').replace(/=+$/, '') === want;
+  }
+  const parts = trimmed.split(/\s+/);
+  const blob = parts.length >= 2 ? parts[1] : parts[0];
+  if (!blob || !/^[A-Za-z0-9+/]+={0,2}$/.test(blob)) throw new Error('pinned host key is neither an OpenSSH public key line nor a SHA256: fingerprint');
+  const want = Buffer.from(blob, 'base64');
+  return (key) => key.equals(want);
+}
+
+/** The fingerprint operators see in `ssh-keygen -lf`, for error messages and the hosts table. */
+export function fingerprintOf(key: Buffer): string {
+  return `SHA256:${createHash('sha256').update(key).digest('base64').replace(/=+$/, '')}`;
+}
+
+function classifySshError(err: Error & { level?: string; code?: string }): ConnectFailure {
+  if (err.level === 'client-authentication') return 'auth';
+  if (err.level === 'client-timeout' || /timed out/i.test(err.message)) return 'timeout';
+  if (/verification failed|host denied/i.test(err.message)) return 'host-key';
+  if (err.code === 'ECONNREFUSED') return 'refused';
+  if (err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH' || err.code === 'ETIMEDOUT') return 'unreachable';
+  return 'other';
+}
+
+/** A small counting semaphore: ssh servers cap the sessions one connection may open. */
+class Slots {
+  private waiters: (() => void)[] = [];
+  constructor(private free: number) {}
+  async take(): Promise<() => void> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((r) => this.waiters.push(r));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiters.shift();
+      if (next) next();
+      else this.free++;
+    };
+  }
+}
+
+/** Every non-base host: one ssh2 connection, reused across commands, with a pinned host key. */
+export class SshShell implements HostShell {
+  readonly hostId: string;
+  private connection: Promise<Client> | undefined;
+  private readonly slots: Slots;
+  private readonly matches: (key: Buffer) => boolean;
+
+  constructor(
+    private readonly host: HostConnection,
+    private readonly opts: SshShellOptions,
+  ) {
+    this.hostId = host.hostId;
+    if (!host.hostKey) throw new HostConnectError(host.hostId, 'no-host-key', 'no pinned host key is recorded for it; refusing to connect');
+    this.matches = hostKeyMatcher(host.hostKey);
+    this.slots = new Slots(opts.maxChannels ?? 8);
+  }
+
+  async run(argv: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+    return (await this.exec(argv, opts, true)).done;
+  }
+
+  async openReader(argv: readonly string[], opts: RunOptions = {}): Promise<{ stdout: Readable; done: Promise<RunResult> }> {
+    const stdout = new PassThrough();
+    const { done } = await this.exec(argv, opts, false, stdout);
+    return { stdout, done };
+  }
+
+  async close(): Promise<void> {
+    const conn = this.connection;
+    this.connection = undefined;
+    if (!conn) return;
+    const client = await conn.catch(() => undefined);
+    client?.end();
+  }
+
+  private remoteCommand(argv: readonly string[]): string {
+    return shellJoin(this.host.sudo ? ['sudo', '-n', '--', ...argv] : argv);
+  }
+
+  private connect(): Promise<Client> {
+    if (this.connection) return this.connection;
+    const client = new Client();
+    let presented: Buffer | undefined;
+    const config: ConnectConfig = {
+      host: this.host.address,
+      port: this.host.sshPort ?? 22,
+      username: this.host.sshUser ?? 'root',
+      privateKey: this.opts.privateKey,
+      readyTimeout: this.opts.connectTimeoutMs,
+      keepaliveInterval: 15_000,
+      keepaliveCountMax: 4,
+      hostVerifier: (key: Buffer) => {
+        presented = key;
+        return this.matches(key);
+      },
+    };
+    const pending = new Promise<Client>((resolve, reject) => {
+      const onError = (err: Error & { level?: string; code?: string }) => {
+        this.connection = undefined;
+        const reason = presented && !this.matches(presented) ? 'host-key' : classifySshError(err);
+        const detail =
+          reason === 'host-key' && presented
+            ? `the host presented key ${fingerprintOf(presented)}, which is not the pinned key`
+            : `${this.host.address}:${config.port}: ${err.message}`;
+        reject(new HostConnectError(this.hostId, reason, detail));
+      };
+      client.once('ready', () => {
+        client.removeListener('error', onError);
+        client.on('error', () => {
+          this.connection = undefined;
+        });
+        resolve(client);
+      });
+      client.once('error', onError);
+      client.on('close', () => {
+        if (this.connection === pending) this.connection = undefined;
+      });
+      client.connect(config);
+    });
+    this.connection = pending;
+    return pending;
+  }
+
+  private async exec(argv: readonly string[], opts: RunOptions, capture: boolean, stdoutSink?: PassThrough): Promise<{ done: Promise<RunResult> }> {
+    const command = this.remoteCommand(argv);
+    if (opts.signal?.aborted) throw new HostAbortError(this.hostId, command);
+    const release = await this.slots.take();
+    let channel: ClientChannel;
+    try {
+      const client = await this.connect();
+      channel = await new Promise<ClientChannel>((resolve, reject) =>
+        client.exec(command, (err, ch) => (err ? reject(err) : resolve(ch))),
+      );
+    } catch (err) {
+      release();
+      if (err instanceof HostConnectError) throw err;
+      // The connection went away between commands: let the next call reconnect.
+      this.connection = undefined;
+      throw new HostConnectError(this.hostId, 'other', (err as Error).message);
+    }
+    const timeoutMs = opts.timeoutMs ?? this.opts.commandTimeoutMs;
+    const started = Date.now();
+    const collector = new OutputCollector(opts.maxStdoutBytes ?? DEFAULT_MAX_STDOUT);
+    const done = new Promise<RunResult>((resolve, reject) => {
+      let settled = false;
+      let exitCode: number | null = null;
+      let exitSignal: string | null = null;
+      let stoppedFor: 'timeout' | 'abort' | undefined;
+      const stop = (why: 'timeout' | 'abort') => {
+        stoppedFor = why;
+        try {
+          channel.signal('KILL');
+        } catch {
+          /* the server may not support signals; closing the channel ends the session */
+        }
+        channel.close();
+      };
+      const timer = setTimeout(() => stop('timeout'), timeoutMs);
+      const onAbort = () => stop('abort');
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      const finish = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        opts.signal?.removeEventListener('abort', onAbort);
+        release();
+        fn();
+      };
+      if (capture || !stdoutSink) channel.on('data', (c: Buffer) => collector.stdout(c));
+      else channel.pipe(stdoutSink);
+      channel.stderr.on('data', (c: Buffer) => collector.stderr(c));
+      channel.on('exit', (code: number | null, signalName?: string) => {
+        exitCode = code;
+        exitSignal = signalName ?? null;
+      });
+      channel.on('error', (err: Error) => finish(() => reject(err)));
+      channel.on('close', () =>
+        finish(() => {
+          const result: RunResult = {
+            stdout: collector.stdoutText,
+            stderr: collector.stderrText,
+            exitCode: exitCode ?? -1,
+            durationMs: Date.now() - started,
+            stdoutTruncated: collector.truncated,
+          };
+          const failure = failureOf(this.hostId, command, { stoppedFor, timeoutMs, exitCode, signalName: exitSignal, result, ok: opts.okExitCodes });
+          if (failure) {
+            stdoutSink?.destroy(failure);
+            return reject(failure);
+          }
+          resolve(result);
+        }),
+      );
+      feedStdin(opts.stdin, channel);
+    });
+    done.catch(() => undefined);
+    return { done };
+  }
+}
+
+export interface HostShellFactoryOptions {
+  baseHostId: string;
+  sshKeyPath: string;
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
+}
+
+/**
+ * Hands out one shell per host and keeps ssh connections open between activities. The base host is
+ * always local; every other host needs an address and a pinned key.
+ */
+export class HostShells {
+  private readonly shells = new Map<string, { key: string; shell: HostShell }>();
+  private privateKey: Buffer | undefined;
+
+  constructor(private readonly opts: HostShellFactoryOptions) {}
+
+  for(host: HostConnection): HostShell {
+    const key = JSON.stringify([host.kind, host.address, host.sshPort, host.sshUser, host.hostKey, host.sudo]);
+    const existing = this.shells.get(host.hostId);
+    if (existing && existing.key === key) return existing.shell;
+    if (existing) void existing.shell.close();
+    const shell: HostShell =
+      host.kind === 'base' && host.hostId === this.opts.baseHostId
+        ? new LocalShell(host.hostId, { commandTimeoutMs: this.opts.commandTimeoutMs })
+        : new SshShell(host, {
+            privateKey: this.loadKey(),
+            connectTimeoutMs: this.opts.connectTimeoutMs,
+            commandTimeoutMs: this.opts.commandTimeoutMs,
+          });
+    this.shells.set(host.hostId, { key, shell });
+    return shell;
+  }
+
+  async closeAll(): Promise<void> {
+    const all = [...this.shells.values()];
+    this.shells.clear();
+    await Promise.all(all.map((s) => s.shell.close()));
+  }
+
+  private loadKey(): Buffer {
+    if (!this.privateKey) {
+      try {
+        this.privateKey = readFileSync(this.opts.sshKeyPath);
+      } catch (err) {
+        throw new Error(`cannot read the ssh private key for hosts at ${this.opts.sshKeyPath} (MARKCO_SSH_KEY_PATH): ${(err as Error).message}`);
+      }
+    }
+    return this.privateKey;
+  }
+}

@@ -1,0 +1,26 @@
+import type { EC2Client } from '@aws-sdk/client-ec2';
+import type { Store } from '../lib/store.js';
+import { createEc2Activities } from './ec2.js';
+import { typedFailures } from './failures.js';
+import type { HostShells } from './host-shell.js';
+import { createHostActivities } from './hosts.js';
+
+export interface ActivityDeps {
+  store: Store;
+  shells: HostShells;
+  ec2: Pick<EC2Client, 'send'>;
+}
+
+function withTypedFailures<T extends Record<string, (...args: never[]) => Promise<unknown>>>(group: T): T {
+  return Object.fromEntries(Object.entries(group).map(([name, fn]) => [name, typedFailures(fn)])) as T;
+}
+
+/** Every activity the worker registers, built once from the worker's clients. */
+export function createActivities(deps: ActivityDeps) {
+  return withTypedFailures({
+    ...createHostActivities(deps),
+    ...createEc2Activities(deps),
+  });
+}
+
+export type Activities = ReturnType<typeof createActivities>;

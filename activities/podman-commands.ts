@@ -1,0 +1,282 @@
+/**
+ * podman and CRIU command lines, built by pure functions so every flag is unit-tested, and the parsers
+ * for what those commands print. Nothing here runs a process.
+ */
+
+/** Applied to every container we create: runc (the runtime CRIU works with here) and ulimits root may set. */
+export const containerDefaults = {
+  runtime: 'runc',
+  ulimits: ['nofile=1024:1024', 'nproc=1024:1024'],
+} as const;
+
+export interface PortMapping {
+  hostPort: number;
+  containerPort: number;
+  /** Bind only this host address (default: all of the host's addresses). */
+  hostIp?: string;
+}
+
+export interface VolumeMount {
+  hostPath: string;
+  containerPath: string;
+  /** For example 'U' (chown to the container user) or 'ro'. */
+  options?: string[];
+}
+
+export interface RunContainerSpec {
+  name: string;
+  image: string;
+  memoryBytes?: number;
+  cpus?: number;
+  ports?: PortMapping[];
+  env?: Record<string, string>;
+  volumes?: VolumeMount[];
+  labels?: Record<string, string>;
+  user?: string;
+  workdir?: string;
+  network?: 'bridge' | 'host' | 'none';
+  /** AppArmor blocks CRIU on Ubuntu hosts; harmless where AppArmor is off. */
+  apparmorUnconfined?: boolean;
+  /** Arguments after the image (the container's command). */
+  command?: string[];
+}
+
+const containerNamePattern = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
+
+function assertName(kind: string, value: string): void {
+  if (!containerNamePattern.test(value)) throw new Error(`invalid ${kind} ${JSON.stringify(value)}: expected letters, digits, '_', '.', '-'`);
+}
+
+function assertPort(value: number): void {
+  if (!Number.isInteger(value) || value < 1 || value > 65535) throw new Error(`invalid port ${value}`);
+}
+
+function publishArg(p: PortMapping): string {
+  assertPort(p.hostPort);
+  assertPort(p.containerPort);
+  return p.hostIp ? `${p.hostIp}:${p.hostPort}:${p.containerPort}` : `${p.hostPort}:${p.containerPort}`;
+}
+
+function envArgs(env: Record<string, string> | undefined): string[] {
+  return Object.entries(env ?? {}).flatMap(([k, v]) => {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`invalid environment variable name ${JSON.stringify(k)}`);
+    return ['--env', `${k}=${v}`];
+  });
+}
+
+export function runContainerArgs(spec: RunContainerSpec): string[] {
+  assertName('container name', spec.name);
+  if (!spec.image) throw new Error('image is required');
+  const args = ['podman', 'run', '--detach', '--name', spec.name, '--runtime', containerDefaults.runtime];
+  for (const u of containerDefaults.ulimits) args.push('--ulimit', u);
+  if (spec.memoryBytes !== undefined) {
+    if (!Number.isInteger(spec.memoryBytes) || spec.memoryBytes < 6 * 1024 * 1024) throw new Error(`invalid memory limit ${spec.memoryBytes} bytes (podman needs at least 6 MiB)`);
+    // Same value for memory+swap: a runtime never swaps, so the limit in force is the one we record.
+    args.push('--memory', `${spec.memoryBytes}b`, '--memory-swap', `${spec.memoryBytes}b`);
+  }
+  if (spec.cpus !== undefined) {
+    if (!(spec.cpus > 0)) throw new Error(`invalid CPU limit ${spec.cpus}`);
+    args.push('--cpus', String(spec.cpus));
+  }
+  if (spec.network) args.push('--network', spec.network);
+  for (const p of spec.ports ?? []) args.push('--publish', publishArg(p));
+  args.push(...envArgs(spec.env));
+  for (const v of spec.volumes ?? []) {
+    if (!v.hostPath.startsWith('/') || !v.containerPath.startsWith('/')) throw new Error('volume paths must be absolute');
+    args.push('--volume', `${v.hostPath}:${v.containerPath}${v.options?.length ? `:${v.options.join(',')}` : ''}`);
+  }
+  for (const [k, v] of Object.entries(spec.labels ?? {})) args.push('--label', `${k}=${v}`);
+  if (spec.user) args.push('--user', spec.user);
+  if (spec.workdir) args.push('--workdir', spec.workdir);
+  if (spec.apparmorUnconfined) args.push('--security-opt', 'apparmor=unconfined');
+  args.push(spec.image, ...(spec.command ?? []));
+  return args;
+}
+
+export type CheckpointCompression = 'none' | 'zstd' | 'gzip';
+
+export interface CheckpointSpec {
+  container: string;
+  exportPath: string;
+  /** Keep the source running (migration before the switch, snapshots, sandbox forks). */
+  leaveRunning: boolean;
+  compress?: CheckpointCompression;
+  /** Dump established TCP connections instead of refusing (CRIU refuses them by default). */
+  tcpEstablished?: boolean;
+  fileLocks?: boolean;
+  /** Volumes are user files that live on the host; they move separately. */
+  ignoreVolumes?: boolean;
+}
+
+/** Always with --print-stats: CRIU's own timings (frozen time is the downtime) are recorded on every checkpoint. */
+export function checkpointArgs(spec: CheckpointSpec): string[] {
+  assertName('container name', spec.container);
+  if (!spec.exportPath.startsWith('/')) throw new Error('checkpoint export path must be absolute');
+  const args = ['podman', 'container', 'checkpoint', '--print-stats', '--export', spec.exportPath, '--compress', spec.compress ?? 'none'];
+  if (spec.leaveRunning) args.push('--leave-running');
+  if (spec.tcpEstablished) args.push('--tcp-established');
+  if (spec.fileLocks) args.push('--file-locks');
+  if (spec.ignoreVolumes) args.push('--ignore-volumes');
+  args.push(spec.container);
+  return args;
+}
+
+export interface RestoreSpec {
+  importPath: string;
+  /** The restored container's name (a new name lets a checkpoint be restored beside its source). */
+  name: string;
+  ports?: PortMapping[];
+  tcpEstablished?: boolean;
+  fileLocks?: boolean;
+  /** Another host's network: let podman give the container a fresh IP and MAC. */
+  ignoreStaticIp?: boolean;
+  ignoreStaticMac?: boolean;
+}
+
+export function restoreArgs(spec: RestoreSpec): string[] {
+  assertName('container name', spec.name);
+  if (!spec.importPath.startsWith('/')) throw new Error('checkpoint import path must be absolute');
+  const args = ['podman', 'container', 'restore', '--print-stats', '--import', spec.importPath, '--name', spec.name];
+  for (const p of spec.ports ?? []) args.push('--publish', publishArg(p));
+  if (spec.tcpEstablished) args.push('--tcp-established');
+  if (spec.fileLocks) args.push('--file-locks');
+  if (spec.ignoreStaticIp) args.push('--ignore-static-ip');
+  if (spec.ignoreStaticMac) args.push('--ignore-static-mac');
+  return args;
+}
+
+/** Removes a container; a container that is already gone is not an error (idempotent retries). */
+export function removeContainerArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'rm', '--force', '--ignore', '--time', '0', name];
+}
+
+export function pauseArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'pause', name];
+}
+
+export function unpauseArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'unpause', name];
+}
+
+/** Raises (or lowers) the cgroup memory limit of a running container, e.g. after a restore on a bigger tier. */
+export function updateMemoryArgs(name: string, memoryBytes: number): string[] {
+  assertName('container name', name);
+  if (!Number.isInteger(memoryBytes) || memoryBytes <= 0) throw new Error(`invalid memory limit ${memoryBytes}`);
+  return ['podman', 'update', '--memory', `${memoryBytes}b`, '--memory-swap', `${memoryBytes}b`, name];
+}
+
+export function inspectContainerArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'container', 'inspect', name];
+}
+
+export function containerExistsArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'container', 'exists', name];
+}
+
+export function imageExistsArgs(image: string): string[] {
+  return ['podman', 'image', 'exists', image];
+}
+
+export function statsArgs(names: string[]): string[] {
+  names.forEach((n) => assertName('container name', n));
+  return ['podman', 'stats', '--no-stream', '--format', 'json', ...names];
+}
+
+export const podmanVersionArgs = ['podman', 'version', '--format', 'json'];
+export const podmanRuntimeArgs = ['podman', 'info', '--format', '{{.Host.OCIRuntime.Name}} {{.Host.CgroupsVersion}}'];
+export const criuVersionArgs = ['criu', '--version'];
+
+/** CRIU timings from `podman container checkpoint --print-stats`, in milliseconds. */
+export interface CheckpointStats {
+  podmanMs: number;
+  runtimeMs: number;
+  freezingMs: number;
+  /** How long the process stood still: the downtime a user sees. */
+  frozenMs: number;
+  memdumpMs: number;
+  memwriteMs: number;
+  pagesScanned: number;
+  pagesWritten: number;
+}
+
+export interface RestoreStats {
+  podmanMs: number;
+  runtimeMs: number;
+  restoreMs: number;
+  forkingMs: number;
+  pagesRestored: number;
+}
+
+const us = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? Math.round(v / 100) / 10 : 0);
+const count = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+
+function firstJsonObject(stdout: string): Record<string, unknown> {
+  const start = stdout.indexOf('{');
+  const end = stdout.lastIndexOf('}');
+  if (start < 0 || end < start) throw new Error(`no statistics in podman output: ${stdout.slice(0, 200)}`);
+  return JSON.parse(stdout.slice(start, end + 1)) as Record<string, unknown>;
+}
+
+function containerStats(doc: Record<string, unknown>): Record<string, unknown> {
+  const list = doc.container_statistics;
+  return (Array.isArray(list) && typeof list[0] === 'object' && list[0] !== null ? list[0] : {}) as Record<string, unknown>;
+}
+
+export function parseCheckpointStats(stdout: string): CheckpointStats {
+  const doc = firstJsonObject(stdout);
+  const c = containerStats(doc);
+  const criu = (c.criu_statistics ?? {}) as Record<string, unknown>;
+  return {
+    podmanMs: us(doc.podman_checkpoint_duration),
+    runtimeMs: us(c.runtime_checkpoint_duration),
+    freezingMs: us(criu.freezing_time),
+    frozenMs: us(criu.frozen_time),
+    memdumpMs: us(criu.memdump_time),
+    memwriteMs: us(criu.memwrite_time),
+    pagesScanned: count(criu.pages_scanned),
+    pagesWritten: count(criu.pages_written),
+  };
+}
+
+export function parseRestoreStats(stdout: string): RestoreStats {
+  const doc = firstJsonObject(stdout);
+  const c = containerStats(doc);
+  const criu = (c.criu_statistics ?? {}) as Record<string, unknown>;
+  return {
+    podmanMs: us(doc.podman_restore_duration),
+    runtimeMs: us(c.runtime_restore_duration),
+    restoreMs: us(criu.restore_time),
+    forkingMs: us(criu.forking_time),
+    pagesRestored: count(criu.pages_restored),
+  };
+}
+
+/** "Version: 4.2.1" (first line of `criu --version`) -> "4.2.1". */
+export function parseCriuVersion(stdout: string): string {
+  const m = /^Version:\s*([0-9]+(?:\.[0-9]+)*)/m.exec(stdout);
+  if (!m?.[1]) throw new Error(`unrecognised criu --version output: ${stdout.slice(0, 200)}`);
+  return m[1];
+}
+
+export function parsePodmanVersion(stdout: string): string {
+  const doc = JSON.parse(stdout) as { Client?: { Version?: string }; Version?: string };
+  const v = doc.Client?.Version ?? doc.Version;
+  if (!v) throw new Error(`unrecognised podman version output: ${stdout.slice(0, 200)}`);
+  return v;
+}
+
+/** Numeric comparison of dotted versions: compareVersions('4.10', '4.2') > 0. */
+export function compareVersions(a: string, b: string): number {
+  const pa = a.split('.').map((n) => Number.parseInt(n, 10) || 0);
+  const pb = b.split('.').map((n) => Number.parseInt(n, 10) || 0);
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
+    if (d !== 0) return d;
+  }
+  return 0;
+}

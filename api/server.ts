@@ -1,0 +1,70 @@
+import { pathToFileURL } from 'node:url';
+import closeWithGrace from 'close-with-grace';
+import { Connection } from '@temporalio/client';
+import proto from '@temporalio/proto';
+import { loadConfig, type Config } from '../lib/config.js';
+import { createPool, pingDatabase, type Pool } from '../lib/db.js';
+import { createLogger, type Logger } from '../lib/logger.js';
+import { buildApp } from './app.js';
+import type { HealthChecks } from './routes/health.js';
+
+const { TaskQueueType } = proto.temporal.api.enums.v1;
+
+/** A worker counts as alive while it long-polls: each poll refreshes its last access (polls last up to ~70 s). */
+const workerFreshMs = 120_000;
+
+export function stackHealthChecks(deps: { pool: Pool; temporal: Connection; namespace: string; taskQueue: string }): HealthChecks {
+  return {
+    database: () => pingDatabase(deps.pool),
+    temporal: async () => {
+      const info = await deps.temporal.workflowService.getSystemInfo({});
+      return { serverVersion: info.serverVersion };
+    },
+    worker: async () => {
+      const res = await deps.temporal.workflowService.describeTaskQueue({
+        namespace: deps.namespace,
+        taskQueue: { name: deps.taskQueue },
+        taskQueueType: TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+      });
+      const now = Date.now();
+      const live = (res.pollers ?? []).filter((p) => now - Number(p.lastAccessTime?.seconds ?? 0) * 1000 < workerFreshMs);
+      if (live.length === 0) throw new Error(`no worker is polling task queue ${deps.taskQueue}`);
+      return { pollers: live.length };
+    },
+  };
+}
+
+export async function startEdge(config: Config, log: Logger) {
+  if (!config.database.url) throw new Error('the edge needs DATABASE_URL (the main command sets it for the embedded database)');
+  if (!config.temporal.address) throw new Error('the edge needs TEMPORAL_ADDRESS (the main command sets it for the dev server)');
+  const pool = createPool(config.database.url, { application: 'markco-edge' });
+  // Lazy: the edge starts (and reports Temporal as down) even while Temporal is unreachable.
+  const temporal = Connection.lazy({ address: config.temporal.address });
+  const app = buildApp(
+    { health: stackHealthChecks({ pool, temporal, namespace: config.temporal.namespace, taskQueue: config.temporal.taskQueue }) },
+    { logger: log },
+  );
+  app.addHook('onClose', async () => {
+    await pool.end();
+    await temporal.close();
+  });
+  await app.listen({ host: config.http.host, port: config.http.port });
+  return app;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  let log: Logger | undefined;
+  try {
+    const config = loadConfig();
+    log = createLogger({ level: config.logLevel, name: 'edge' });
+    const app = await startEdge(config, log);
+    closeWithGrace({ delay: 10_000 }, async ({ err }) => {
+      if (err) log?.error({ err }, 'edge closing after an error');
+      await app.close();
+    });
+  } catch (err) {
+    if (log) log.fatal({ err }, 'edge failed to start');
+    else console.error((err as Error).message);
+    process.exit(1);
+  }
+}

@@ -1,0 +1,49 @@
+import pg from 'pg';
+import { runner } from 'node-pg-migrate';
+import type { Logger } from './logger.js';
+import { migrationsDir } from './paths.js';
+
+export type Pool = pg.Pool;
+
+export function createPool(databaseUrl: string, opts: { max?: number; application?: string } = {}): pg.Pool {
+  return new pg.Pool({
+    connectionString: databaseUrl,
+    max: opts.max ?? 10,
+    application_name: opts.application ?? 'markco',
+    connectionTimeoutMillis: 10_000,
+    idleTimeoutMillis: 30_000,
+  });
+}
+
+/** Applies every pending migration under infra/db/migrations; safe to run from several processes at once. */
+export async function migrateUp(databaseUrl: string, log: Logger): Promise<string[]> {
+  const applied = await runner({
+    databaseUrl,
+    dir: migrationsDir,
+    direction: 'up',
+    migrationsTable: 'pgmigrations',
+    checkOrder: true,
+    singleTransaction: true,
+    advisoryLockMode: 'wait',
+    logger: {
+      debug: (msg: string) => log.debug(msg),
+      info: (msg: string) => log.debug(msg),
+      warn: (msg: string) => log.warn(msg),
+      error: (msg: string) => log.error(msg),
+    },
+  });
+  const names = applied.map((m) => m.name);
+  if (names.length > 0) log.info({ migrations: names }, 'database migrations applied');
+  return names;
+}
+
+/** Answers whether the database accepts queries, within a short time. */
+export async function pingDatabase(pool: pg.Pool, timeoutMs = 2000): Promise<void> {
+  const client = await pool.connect();
+  try {
+    await client.query(`SET statement_timeout = ${Math.max(1, Math.floor(timeoutMs))}`);
+    await client.query('SELECT 1');
+  } finally {
+    client.release();
+  }
+}

@@ -1,0 +1,105 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { DefaultLogger, NativeConnection, Runtime, Worker, type LogLevel } from '@temporalio/worker';
+import type { EC2Client } from '@aws-sdk/client-ec2';
+import { createActivities } from '../activities/index.js';
+import { HostShells } from '../activities/host-shell.js';
+import { createEc2Client } from '../lib/aws.js';
+import { loadConfig, type Config } from '../lib/config.js';
+import { createPool } from '../lib/db.js';
+import { createLogger, type Logger } from '../lib/logger.js';
+import { createStore, type Store } from '../lib/store.js';
+import { ensureSearchAttributes } from '../lib/temporal.js';
+
+/** The workflow sources next to this file: .ts when run from source, .js when run from dist/. */
+export function workflowsPath(): string {
+  const self = fileURLToPath(import.meta.url);
+  const ext = self.endsWith('.ts') ? '.ts' : '.js';
+  return fileURLToPath(new URL(`../workflows/index${ext}`, import.meta.url));
+}
+
+export interface WorkerDeps {
+  store: Store;
+  shells: HostShells;
+  ec2: Pick<EC2Client, 'send'>;
+}
+
+/** Builds a worker from injected clients: the entry point below and the tests share this. */
+export async function createWorker(opts: {
+  connection: NativeConnection;
+  namespace: string;
+  taskQueue: string;
+  deps: WorkerDeps;
+  workflowBundlePath?: string | undefined;
+  shutdownGraceTime?: string;
+}): Promise<Worker> {
+  return Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: opts.taskQueue,
+    activities: createActivities(opts.deps),
+    ...(opts.workflowBundlePath ? { workflowBundle: { codePath: opts.workflowBundlePath } } : { workflowsPath: workflowsPath() }),
+    shutdownGraceTime: opts.shutdownGraceTime ?? '30s',
+  });
+}
+
+const temporalLevels: Record<string, LogLevel> = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO', warn: 'WARN', error: 'ERROR', fatal: 'ERROR', silent: 'ERROR' };
+
+/** Routes the Temporal SDK's own logs into the process's pino root. */
+export function installTemporalRuntime(log: Logger, level: string): void {
+  Runtime.install({
+    logger: new DefaultLogger(temporalLevels[level] ?? 'INFO', (entry) => {
+      const method = entry.level === 'TRACE' ? 'trace' : entry.level === 'DEBUG' ? 'debug' : entry.level === 'WARN' ? 'warn' : entry.level === 'ERROR' ? 'error' : 'info';
+      log[method]({ ...entry.meta, sdk: 'temporal' }, entry.message);
+    }),
+  });
+}
+
+export async function runWorker(config: Config, log: Logger): Promise<void> {
+  if (!config.database.url) throw new Error('the worker needs DATABASE_URL (the main command sets it for the embedded database)');
+  if (!config.temporal.address) throw new Error('the worker needs TEMPORAL_ADDRESS (the main command sets it for the dev server)');
+  installTemporalRuntime(log, config.logLevel);
+  const pool = createPool(config.database.url, { application: 'markco-worker' });
+  const shells = new HostShells({
+    baseHostId: config.hosts.baseHostId,
+    sshKeyPath: config.hosts.sshKeyPath,
+    connectTimeoutMs: config.hosts.sshConnectTimeoutMs,
+    commandTimeoutMs: config.hosts.sshCommandTimeoutMs,
+  });
+  const ec2 = createEc2Client(config.aws);
+  const connection = await NativeConnection.connect({ address: config.temporal.address });
+  try {
+    await ensureSearchAttributes(connection, config.temporal.namespace);
+    const bundle = config.temporal.workflowBundle;
+    if (bundle && !existsSync(bundle)) throw new Error(`MARKCO_WORKFLOW_BUNDLE=${bundle} does not exist (npm run build writes it)`);
+    const worker = await createWorker({
+      connection,
+      namespace: config.temporal.namespace,
+      taskQueue: config.temporal.taskQueue,
+      deps: { store: createStore(pool), shells, ec2 },
+      workflowBundlePath: bundle,
+    });
+    log.info({ taskQueue: config.temporal.taskQueue, namespace: config.temporal.namespace }, 'worker polling');
+    // Runtime handles SIGINT/SIGTERM: run() resolves once in-flight tasks finish (shutdownGraceTime).
+    await worker.run();
+    log.info('worker stopped');
+  } finally {
+    await shells.closeAll();
+    ec2.destroy();
+    await pool.end();
+    await connection.close();
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  let log: Logger | undefined;
+  try {
+    const config = loadConfig();
+    log = createLogger({ level: config.logLevel, name: 'worker' });
+    await runWorker(config, log);
+  } catch (err) {
+    if (log) log.fatal({ err }, 'worker failed');
+    else console.error((err as Error).message);
+    process.exit(1);
+  }
+}

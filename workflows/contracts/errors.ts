@@ -1,0 +1,27 @@
+/**
+ * Stable failure types, shared by activities (which throw them) and workflows (which decide on them).
+ * Permanent ones are never retried: retrying cannot change the outcome.
+ */
+export const ErrorType = {
+  InvalidInput: 'InvalidInput',
+  NotFound: 'NotFound',
+  HostKeyMismatch: 'HostKeyMismatch',
+  HostAuthFailed: 'HostAuthFailed',
+  HostUnreachable: 'HostUnreachable',
+  HostCommandFailed: 'HostCommandFailed',
+  HostCommandTimedOut: 'HostCommandTimedOut',
+  HostUnsupported: 'HostUnsupported',
+  ChecksumMismatch: 'ChecksumMismatch',
+  CloudApiFailed: 'CloudApiFailed',
+  CloudRequestInvalid: 'CloudRequestInvalid',
+} as const;
+export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
+
+export const permanentErrorTypes: ErrorType[] = [
+  ErrorType.InvalidInput,
+  ErrorType.NotFound,
+  ErrorType.HostKeyMismatch,
+  ErrorType.HostAuthFailed,
+  ErrorType.HostUnsupported,
+  ErrorType.CloudRequestInvalid,
+];
