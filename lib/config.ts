@@ -82,6 +82,7 @@ const ConfigSchema = z.object({
     .or(z.literal('').transform(() => undefined)),
 
   // Hosts: the base server is reached through local child processes, every other host over ssh2.
+  MARKCO_BASE_HOST_ADDRESS: z.string().trim().min(1).default('127.0.0.1'),
   MARKCO_BASE_HOST_ID: z.string().trim().regex(/^[a-z0-9][a-z0-9.-]{0,62}$/, 'expected a host id (lowercase letters, digits, dots, dashes)').default('base'),
   MARKCO_SSH_KEY_PATH: optionalString,
   MARKCO_SSH_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
@@ -115,6 +116,8 @@ export interface Config {
   http: { host: string; port: number; publicUrl: string; adminToken: string | undefined; devLogin: boolean };
   hosts: {
     baseHostId: string;
+    /** Where other hosts reach the base server (its private address in production). */
+    baseHostAddress: string;
     sshKeyPath: string;
     sshConnectTimeoutMs: number;
     sshCommandTimeoutMs: number;
@@ -174,6 +177,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     hosts: {
       baseHostId: c.MARKCO_BASE_HOST_ID,
+      baseHostAddress: c.MARKCO_BASE_HOST_ADDRESS,
       sshKeyPath: c.MARKCO_SSH_KEY_PATH ?? join(c.MARKCO_DATA_DIR, 'ssh', 'id_ed25519'),
       sshConnectTimeoutMs: c.MARKCO_SSH_CONNECT_TIMEOUT_MS,
       sshCommandTimeoutMs: c.MARKCO_SSH_COMMAND_TIMEOUT_MS,

@@ -31,7 +31,8 @@ async function runCheck(check: () => Promise<unknown>, timeoutMs: number): Promi
 /** GET /api/health: 200 when every part answers, 503 naming the parts that are down. */
 export function healthRoutes(checks: HealthChecks, timeoutMs = 3000): FastifyPluginAsync {
   return async (app) => {
-    app.get('/api/health', async (_req, reply) => {
+    // Probes poll this every few seconds: keep them out of the request log.
+    app.get('/api/health', { logLevel: 'warn' }, async (_req, reply) => {
       const names = Object.keys(checks);
       const results = await Promise.all(names.map((n) => runCheck(checks[n]!, timeoutMs)));
       const parts = Object.fromEntries(names.map((n, i) => [n, results[i]!]));
