@@ -1,0 +1,117 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { after, before } from 'node:test';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import pg from 'pg';
+import { HostShells } from '../../activities/host-shell.js';
+import { createEc2Client } from '../../lib/aws.js';
+import { createPool } from '../../lib/db.js';
+import { createStore, type Store } from '../../lib/store.js';
+import { createWorker } from '../../workers/worker.js';
+import type { HostConnection } from '../../workflows/contracts/hosts.js';
+import { harnessStateEnv, startHarness, type HarnessState, type RunningHarness } from './harness.js';
+import type { NamespaceHostInfo } from './netns.js';
+
+/**
+ * What a test file uses: the run's shared harness (started by test/support/run.ts), or, when a file is
+ * run on its own, a harness of its own that is torn down after the file.
+ */
+export function useHarness(opts: { hosts?: number } = {}): { readonly state: HarnessState } {
+  let state: HarnessState | undefined;
+  let own: RunningHarness | undefined;
+  before(async () => {
+    const file = process.env[harnessStateEnv];
+    if (file) {
+      state = JSON.parse(readFileSync(file, 'utf8')) as HarnessState;
+    } else {
+      own = await startHarness(opts);
+      state = own.state;
+    }
+  });
+  after(async () => {
+    await own?.teardown();
+  });
+  return {
+    get state(): HarnessState {
+      if (!state) throw new Error('the harness is not started yet: use it inside tests or before() hooks');
+      return state;
+    },
+  };
+}
+
+export interface TestDatabase {
+  name: string;
+  url: string;
+  pool: pg.Pool;
+  store: Store;
+  drop(): Promise<void>;
+}
+
+/** A fresh database cloned from the run's migrated template: every test file gets its own. */
+export async function freshDatabase(state: HarnessState, opts: { empty?: boolean } = {}): Promise<TestDatabase> {
+  const name = `t_${randomBytes(5).toString('hex')}`;
+  const urlOf = (db: string) => state.postgres.urlTemplate.replace('{database}', db);
+  const admin = new pg.Client({ connectionString: urlOf('postgres') });
+  await admin.connect();
+  try {
+    await admin.query(opts.empty ? `CREATE DATABASE ${name}` : `CREATE DATABASE ${name} TEMPLATE ${state.postgres.templateDatabase}`);
+  } finally {
+    await admin.end();
+  }
+  const url = urlOf(name);
+  const pool = createPool(url, { max: 5, application: 'markco-test' });
+  return {
+    name,
+    url,
+    pool,
+    store: createStore(pool),
+    drop: async () => {
+      await pool.end();
+      const c = new pg.Client({ connectionString: urlOf('postgres') });
+      await c.connect();
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await c.end();
+      }
+    },
+  };
+}
+
+/** How the control plane reaches a namespace host: over ssh2 with its pinned key, like an EC2 host. */
+export function connectionTo(h: NamespaceHostInfo): HostConnection {
+  return { hostId: h.hostId, kind: 'ec2', address: h.address, sshPort: h.sshPort, sshUser: h.sshUser, hostKey: h.hostKey };
+}
+
+export function testShells(state: HarnessState, opts: { commandTimeoutMs?: number; connectTimeoutMs?: number } = {}): HostShells {
+  return new HostShells({
+    baseHostId: 'base',
+    sshKeyPath: state.sshKeyPath,
+    connectTimeoutMs: opts.connectTimeoutMs ?? 5000,
+    commandTimeoutMs: opts.commandTimeoutMs ?? 120_000,
+  });
+}
+
+export async function temporalClient(state: HarnessState): Promise<{ client: Client; close: () => Promise<void> }> {
+  const connection = await Connection.connect({ address: state.temporal.address });
+  return { client: new Client({ connection, namespace: state.temporal.namespace }), close: () => connection.close() };
+}
+
+/** A worker with the real activities, on a task queue of the test's own, from the run's prebuilt bundle. */
+export async function startTestWorker(
+  state: HarnessState,
+  deps: { store: Store; shells: HostShells },
+  taskQueue = `test-${randomBytes(4).toString('hex')}`,
+): Promise<{ worker: Worker; taskQueue: string; connection: NativeConnection }> {
+  const connection = await NativeConnection.connect({ address: state.temporal.address });
+  const worker = await createWorker({
+    connection,
+    namespace: state.temporal.namespace,
+    taskQueue,
+    deps: { ...deps, ec2: createEc2Client({ region: 'ca-central-1', endpoint: state.moto.endpoint, snapshotBucket: 'unused' }) },
+    workflowBundlePath: state.workflowBundlePath,
+    shutdownGraceTime: '2s',
+  });
+  return { worker, taskQueue, connection };
+}

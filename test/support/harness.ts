@@ -1,0 +1,191 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { LocalShell } from '../../activities/host-shell.js';
+import { startEmbeddedPostgres } from '../../infra/dev/embedded-postgres.js';
+import { requireContainerTools, requireExecutable, resolveMotoServer, resolveTemporalCli } from '../../infra/dev/prerequisites.js';
+import { stopChild, waitFor } from '../../infra/dev/processes.js';
+import { startTemporalDevServer } from '../../infra/dev/temporal-dev.js';
+import { migrateUp } from '../../lib/db.js';
+import { createLogger } from '../../lib/logger.js';
+import { defaultToolsDir, repoRoot } from '../../lib/paths.js';
+import { writeWorkflowBundle } from '../../workers/bundle-workflows.js';
+import { describeLeftovers, findLeftovers, removeLeftovers, sweepDeadRuns, testRunsRoot } from './leftovers.js';
+import { createNamespaceHost, createTestNetwork, destroyNamespaceHost, destroyTestNetwork, type NamespaceHostInfo, type TestNetwork } from './netns.js';
+
+/**
+ * Everything the integration tests run against, started once per test run from real parts: PostgreSQL
+ * (a migrated template database), a Temporal dev server, the EC2/S3 emulator, namespace hosts with sshd
+ * and their own podman storage, and the workflow bundle. Its state is plain JSON so every test file
+ * (a separate process under node --test) can connect to it.
+ */
+export interface HarnessState {
+  runId: string;
+  runDir: string;
+  postgres: { templateDatabase: string; urlTemplate: string };
+  temporal: { address: string; namespace: string; uiUrl: string };
+  moto: { endpoint: string };
+  hosts: NamespaceHostInfo[];
+  network: TestNetwork;
+  sshKeyPath: string;
+  workflowBundlePath: string;
+  baseImage: string;
+}
+
+export const harnessStateEnv = 'MARKCO_TEST_HARNESS';
+export const baseImage = process.env.MARKCO_BASE_IMAGE ?? 'localhost/markco-base:bookworm';
+
+const log = createLogger({ level: process.env.MARKCO_TEST_LOG_LEVEL ?? 'warn', name: 'harness' });
+const local = new LocalShell('test-harness', { commandTimeoutMs: 600_000 });
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** The base image as a `podman save` archive, cached by image id between runs (what an AMI bake would load). */
+async function imageArchive(image: string): Promise<string> {
+  if ((await local.run(['podman', 'image', 'exists', image], { okExitCodes: [0, 1] })).exitCode !== 0) {
+    await local.run([join(repoRoot, 'images', 'base', 'build.sh')]);
+  }
+  const id = (await local.run(['podman', 'image', 'inspect', '--format', '{{.Id}}', image])).stdout.trim();
+  const cacheDir = join(testRunsRoot, 'cache');
+  mkdirSync(cacheDir, { recursive: true });
+  const archive = join(cacheDir, `${id}.tar`);
+  if (!existsSync(archive)) {
+    const tmp = `${archive}.${process.pid}.partial`;
+    await local.run(['podman', 'save', '--quiet', '--output', tmp, image]);
+    renameSync(tmp, archive);
+  }
+  return archive;
+}
+
+async function startMoto(toolsDir: string): Promise<{ endpoint: string; stop: () => Promise<void> }> {
+  const bin = resolveMotoServer({ toolsDir });
+  const port = await freePort();
+  const child = spawn(bin, ['-H', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  let errors = '';
+  child.stderr?.on('data', (c: Buffer) => {
+    errors = (errors + c.toString()).slice(-4000);
+  });
+  const endpoint = `http://127.0.0.1:${port}`;
+  await waitFor(
+    `the EC2/S3 emulator at ${endpoint}`,
+    async () => {
+      if (child.exitCode !== null) throw new Error(`moto_server exited: ${errors}`);
+      const res = await fetch(`${endpoint}/moto-api/`, { signal: AbortSignal.timeout(1000) });
+      if (!res.ok) throw new Error(`status ${res.status}`);
+    },
+    { timeoutMs: 30_000, intervalMs: 200, fatal: () => child.exitCode !== null },
+  );
+  return { endpoint, stop: () => stopChild(child, 5000) };
+}
+
+export interface RunningHarness {
+  state: HarnessState;
+  stateFile: string;
+  teardown(): Promise<void>;
+}
+
+/** Starts the shared parts; a part that cannot start fails the run with a message naming it. */
+export async function startHarness(opts: { hosts?: number; toolsDir?: string } = {}): Promise<RunningHarness> {
+  const toolsDir = opts.toolsDir ?? process.env.MARKCO_TOOLS_DIR ?? defaultToolsDir;
+  requireContainerTools();
+  for (const tool of ['nsenter', 'ip', 'ssh-keygen']) requireExecutable(tool);
+  requireExecutable('/usr/sbin/sshd');
+  const temporalCli = resolveTemporalCli({ explicit: process.env.TEMPORAL_CLI, toolsDir });
+  resolveMotoServer({ toolsDir });
+
+  await sweepDeadRuns();
+  const runId = randomBytes(3).toString('hex');
+  const runDir = join(testRunsRoot, runId);
+  mkdirSync(runDir, { recursive: true, mode: 0o755 });
+  writeFileSync(join(runDir, 'owner.json'), JSON.stringify({ pid: process.pid, startedAt: new Date().toISOString() }));
+
+  const stops: (() => Promise<void>)[] = [];
+  const hosts: NamespaceHostInfo[] = [];
+  let network: TestNetwork | undefined;
+  const teardown = async () => {
+    await Promise.allSettled(hosts.map((h) => destroyNamespaceHost(h)));
+    if (network) await destroyTestNetwork(network).catch(() => undefined);
+    for (const stop of stops.reverse()) await stop().catch(() => undefined);
+    const left = describeLeftovers(await findLeftovers(runDir, runId));
+    await removeLeftovers(runDir, runId);
+    const still = describeLeftovers(await findLeftovers(runDir, runId));
+    if (still.length > 0) throw new Error(`test run ${runId} left behind: ${still.join('; ')}`);
+    if (left.length > 0) log.warn({ removed: left }, 'teardown removed leftovers');
+  };
+
+  try {
+    const sshKeyPath = join(runDir, 'ssh', 'id_ed25519');
+    mkdirSync(join(runDir, 'ssh'), { recursive: true, mode: 0o700 });
+    await local.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', `markco-test-${runId}`, '-f', sshKeyPath]);
+    const authorizedKeys = join(runDir, 'ssh', 'authorized_keys');
+    writeFileSync(authorizedKeys, readFileSync(`${sshKeyPath}.pub`), { mode: 0o600 });
+
+    const [pgPort, temporalPort, uiPort] = await Promise.all([freePort(), freePort(), freePort()]);
+    const postgresReady = (async () => {
+      const pg = await startEmbeddedPostgres({ dataDir: join(runDir, 'postgres', 'data'), port: pgPort, database: 'markco_template', log });
+      stops.push(pg.stop);
+      await migrateUp(pg.url, log);
+      return { templateDatabase: 'markco_template', urlTemplate: pg.urlFor('{database}') };
+    })();
+    const temporalReady = (async () => {
+      const t = await startTemporalDevServer({ cli: temporalCli, port: temporalPort, uiPort, dbFile: undefined, namespace: 'default', log });
+      stops.push(t.stop);
+      return { address: t.address, namespace: 'default', uiUrl: t.uiUrl ?? '' };
+    })();
+    const motoReady = (async () => {
+      const m = await startMoto(toolsDir);
+      stops.push(m.stop);
+      return { endpoint: m.endpoint };
+    })();
+    const hostsReady = (async () => {
+      const archive = await imageArchive(baseImage);
+      network = await createTestNetwork(runId);
+      const count = opts.hosts ?? 2;
+      const made = await Promise.all(
+        Array.from({ length: count }, (_, i) => createNamespaceHost({ net: network!, runDir, index: i + 1, authorizedKeys, imageArchives: [archive] }).then((h) => (hosts.push(h), h))),
+      );
+      return made.sort((a, b) => a.hostId.localeCompare(b.hostId));
+    })();
+    const bundleReady = writeWorkflowBundle(join(runDir, 'workflow-bundle.js'));
+
+    const results = await Promise.allSettled([postgresReady, temporalReady, motoReady, hostsReady, bundleReady]);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    const [postgres, temporal, moto, readyHosts, workflowBundlePath] = results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as [
+      HarnessState['postgres'],
+      HarnessState['temporal'],
+      HarnessState['moto'],
+      NamespaceHostInfo[],
+      string,
+    ];
+    const state: HarnessState = {
+      runId,
+      runDir,
+      postgres,
+      temporal,
+      moto,
+      hosts: readyHosts,
+      network: network!,
+      sshKeyPath,
+      workflowBundlePath,
+      baseImage,
+    };
+    const stateFile = join(runDir, 'state.json');
+    writeFileSync(stateFile, JSON.stringify(state, null, 2));
+    return { state, stateFile, teardown };
+  } catch (err) {
+    await teardown().catch((e: unknown) => log.error({ err: e }, 'teardown after a failed start failed'));
+    throw err;
+  }
+}
