@@ -17,6 +17,16 @@ const permanentAwsCodes = new Set([
   'InvalidInstanceID.Malformed',
 ]);
 
+/** PostgreSQL SQLSTATEs for writes that will fail the same way every time. */
+const permanentPgCodes: Record<string, ErrorType> = {
+  '23505': ErrorType.Conflict, // unique_violation
+  '23503': ErrorType.InvalidInput, // foreign_key_violation
+  '23514': ErrorType.InvalidInput, // check_violation
+  '23502': ErrorType.InvalidInput, // not_null_violation
+  '22P02': ErrorType.InvalidInput, // invalid_text_representation
+  '22001': ErrorType.InvalidInput, // string_data_right_truncation
+};
+
 /** One table from client errors to Temporal failure types; workflows decide on `type`, never on text. */
 export function toFailure(err: unknown): ApplicationFailure {
   if (err instanceof ApplicationFailure) return err;
@@ -37,6 +47,16 @@ export function toFailure(err: unknown): ApplicationFailure {
   }
   if (err instanceof ChecksumMismatchError) {
     return ApplicationFailure.create({ type: ErrorType.ChecksumMismatch, message: err.message });
+  }
+  const pgCode = (err as { code?: unknown; severity?: unknown }).severity !== undefined ? (err as { code?: string }).code : undefined;
+  if (pgCode && permanentPgCodes[pgCode]) {
+    const detail = (err as { detail?: string; constraint?: string });
+    return ApplicationFailure.create({
+      type: permanentPgCodes[pgCode],
+      message: `${(err as Error).message}${detail.detail ? ` (${detail.detail})` : ''}`,
+      nonRetryable: true,
+      details: [{ sqlstate: pgCode, constraint: detail.constraint ?? null }],
+    });
   }
   const name = (err as { name?: string }).name ?? 'Error';
   if ((err as { $metadata?: unknown }).$metadata !== undefined) {

@@ -174,10 +174,23 @@ export function createStore(pool: pg.Pool) {
     },
 
     events: {
+      /**
+       * Appends to the log. A reference to a row that does not exist (a host whose registration failed
+       * before it was recorded, a deleted user) is kept in the payload instead, so logging never fails.
+       */
       async append(e: EventInput): Promise<number> {
         const r = await pool.query<{ id: string }>(
           `INSERT INTO events (type, source, user_id, runtime_id, host_id, workflow_id, payload)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+           SELECT $1, $2, u.id, rt.id, h.id, $6,
+                  $7::jsonb || jsonb_strip_nulls(jsonb_build_object(
+                    'unrecordedUserId', CASE WHEN u.id IS NULL THEN $3::uuid END,
+                    'unrecordedRuntimeId', CASE WHEN rt.id IS NULL THEN $4::uuid END,
+                    'unrecordedHostId', CASE WHEN h.id IS NULL THEN $5::text END))
+           FROM (SELECT 1) AS one
+           LEFT JOIN users u ON u.id = $3::uuid
+           LEFT JOIN runtimes rt ON rt.id = $4::uuid
+           LEFT JOIN hosts h ON h.id = $5::text
+           RETURNING id`,
           [e.type, e.source, e.userId ?? null, e.runtimeId ?? null, e.hostId ?? null, e.workflowId ?? null, JSON.stringify(e.payload ?? {})],
         );
         return Number(r.rows[0]!.id);

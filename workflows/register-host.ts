@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, log, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { ErrorType } from './contracts/errors.js';
 import { hostIdPattern, HostKinds, type RegisterHostInput, type RegisterHostResult } from './contracts/hosts.js';
@@ -49,9 +49,14 @@ export async function registerHost(input: RegisterHostInput): Promise<RegisterHo
     return { hostId: input.hostId, state: 'ready', facts };
   } catch (err) {
     step = 'failed';
+    // Compensation never masks the failure it compensates for: the caller sees the original error.
     await CancellationScope.nonCancellable(async () => {
-      await db.markHostFailed({ hostId: input.hostId, error: errorMessage(err) });
-      await db.appendEvent({ type: 'host.register-failed', hostId: input.hostId, workflowId, payload: { error: errorMessage(err) } });
+      try {
+        await db.markHostFailed({ hostId: input.hostId, error: errorMessage(err) });
+        await db.appendEvent({ type: 'host.register-failed', hostId: input.hostId, workflowId, payload: { error: errorMessage(err) } });
+      } catch (compensationError) {
+        log.warn('recording the failure failed', { error: errorMessage(compensationError) });
+      }
     });
     setStatus('failed');
     throw err;

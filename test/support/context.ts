@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection, type Worker } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import pg from 'pg';
 import { HostShells } from '../../activities/host-shell.js';
 import { createEc2Client } from '../../lib/aws.js';
@@ -98,12 +98,22 @@ export async function temporalClient(state: HarnessState): Promise<{ client: Cli
   return { client: new Client({ connection, namespace: state.temporal.namespace }), close: () => connection.close() };
 }
 
+let runtimeInstalled = false;
+
+/** The SDK's runtime logs only warnings in tests (once per process, before the first connection). */
+function quietTemporalRuntime(): void {
+  if (runtimeInstalled) return;
+  runtimeInstalled = true;
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+}
+
 /** A worker with the real activities, on a task queue of the test's own, from the run's prebuilt bundle. */
 export async function startTestWorker(
   state: HarnessState,
   deps: { store: Store; shells: HostShells },
   taskQueue = `test-${randomBytes(4).toString('hex')}`,
 ): Promise<{ worker: Worker; taskQueue: string; connection: NativeConnection }> {
+  quietTemporalRuntime();
   const connection = await NativeConnection.connect({ address: state.temporal.address });
   const worker = await createWorker({
     connection,

@@ -5,6 +5,8 @@
 export const ErrorType = {
   InvalidInput: 'InvalidInput',
   NotFound: 'NotFound',
+  /** The database refused a write as conflicting with what exists (a unique key). */
+  Conflict: 'Conflict',
   HostKeyMismatch: 'HostKeyMismatch',
   HostAuthFailed: 'HostAuthFailed',
   HostUnreachable: 'HostUnreachable',
@@ -20,6 +22,7 @@ export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
 export const permanentErrorTypes: ErrorType[] = [
   ErrorType.InvalidInput,
   ErrorType.NotFound,
+  ErrorType.Conflict,
   ErrorType.HostKeyMismatch,
   ErrorType.HostAuthFailed,
   ErrorType.HostUnsupported,
