@@ -101,7 +101,8 @@ export function createEc2Activities(deps: { ec2: Pick<EC2Client, 'send'> }) {
     async terminateInstance(input: { instanceId: string }): Promise<{ state: string }> {
       try {
         const out = await deps.ec2.send(new TerminateInstancesCommand({ InstanceIds: [input.instanceId] }), signal());
-        return { state: out.TerminatingInstances?.[0]?.CurrentState?.Name ?? 'shutting-down' };
+        const t = out.TerminatingInstances?.[0];
+        return { state: t?.PreviousState?.Name === 'terminated' ? 'terminated' : (t?.CurrentState?.Name ?? 'shutting-down') };
       } catch (err) {
         if (isNotFound(err)) return { state: 'terminated' };
         throw err;

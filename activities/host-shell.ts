@@ -41,6 +41,7 @@ export interface RunResult {
 }
 
 const STDERR_TAIL_BYTES = 8192;
+const pgidMarker = 'markco-pgid:';
 const DEFAULT_MAX_STDOUT = 16 * 1024 * 1024;
 
 export class HostCommandError extends Error {
@@ -266,10 +267,13 @@ export function hostKeyMatcher(pinned: string): (presented: Buffer) => boolean {
     const want = trimmed.slice('SHA256:'.length).replace(/=+$/, '');
     return (key) => createHash('sha256').update(key).digest('base64').replace(/=+$/, '') === want;
   }
-  const parts = trimmed.split(/\s+/);
-  const blob = parts.length >= 2 ? parts[1] : parts[0];
-  if (!blob || !/^[A-Za-z0-9+/]+={0,2}$/.test(blob)) throw new Error('pinned host key is neither an OpenSSH public key line nor a SHA256: fingerprint');
-  const want = Buffer.from(blob, 'base64');
+  // "<type> <base64 blob> [comment]": the blob itself starts with its key type (a length-prefixed string).
+  const [type, blob] = trimmed.split(/\s+/);
+  const want = blob && /^[A-Za-z0-9+/]+={0,2}$/.test(blob) ? Buffer.from(blob, 'base64') : Buffer.alloc(0);
+  const typeLength = want.length >= 4 ? want.readUInt32BE(0) : 0;
+  if (!type || typeLength === 0 || want.subarray(4, 4 + typeLength).toString('latin1') !== type) {
+    throw new Error('pinned host key is neither an OpenSSH public key line nor a SHA256: fingerprint');
+  }
   return (key) => key.equals(want);
 }
 
@@ -340,8 +344,38 @@ export class SshShell implements HostShell {
     client?.end();
   }
 
+  /**
+   * sshd runs each session as its own process-group leader. The command line first reports that pid on
+   * stderr (then execs, keeping it), so a timeout or a cancel can kill the whole group: a signal to the
+   * session alone would leave its children holding the channel open.
+   */
   private remoteCommand(argv: readonly string[]): string {
+    return `printf '${pgidMarker}%s\\n' "$$" >&2; exec ${this.privileged(argv)}`;
+  }
+
+  private privileged(argv: readonly string[]): string {
     return shellJoin(this.host.sudo ? ['sudo', '-n', '--', ...argv] : argv);
+  }
+
+  /** Kills a command's process group through a channel of its own (best effort, bounded). */
+  private async killGroup(pgid: number): Promise<void> {
+    const client = await this.connection?.catch(() => undefined);
+    if (!client) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 5000);
+      client.exec(this.privileged(['kill', '-KILL', '--', `-${pgid}`]), (err, ch) => {
+        if (err) {
+          clearTimeout(timer);
+          return resolve();
+        }
+        ch.on('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        ch.resume();
+        ch.stderr.resume();
+      });
+    });
   }
 
   private connect(): Promise<Client> {
@@ -389,14 +423,15 @@ export class SshShell implements HostShell {
   }
 
   private async exec(argv: readonly string[], opts: RunOptions, capture: boolean, stdoutSink?: PassThrough): Promise<{ done: Promise<RunResult> }> {
-    const command = this.remoteCommand(argv);
+    // What errors show: the command as the host runs it, without the process-group preamble.
+    const command = this.privileged(argv);
     if (opts.signal?.aborted) throw new HostAbortError(this.hostId, command);
     const release = await this.slots.take();
     let channel: ClientChannel;
     try {
       const client = await this.connect();
       channel = await new Promise<ClientChannel>((resolve, reject) =>
-        client.exec(command, (err, ch) => (err ? reject(err) : resolve(ch))),
+        client.exec(this.remoteCommand(argv), (err, ch) => (err ? reject(err) : resolve(ch))),
       );
     } catch (err) {
       release();
@@ -413,14 +448,14 @@ export class SshShell implements HostShell {
       let exitCode: number | null = null;
       let exitSignal: string | null = null;
       let stoppedFor: 'timeout' | 'abort' | undefined;
+      let pgid: number | undefined;
+      let stderrHead = '';
       const stop = (why: 'timeout' | 'abort') => {
+        if (stoppedFor) return;
         stoppedFor = why;
-        try {
-          channel.signal('KILL');
-        } catch {
-          /* the server may not support signals; closing the channel ends the session */
-        }
-        channel.close();
+        const closeChannel = () => channel.close();
+        if (pgid) void this.killGroup(pgid).then(closeChannel, closeChannel);
+        else closeChannel();
       };
       const timer = setTimeout(() => stop('timeout'), timeoutMs);
       const onAbort = () => stop('abort');
@@ -435,7 +470,18 @@ export class SshShell implements HostShell {
       };
       if (capture || !stdoutSink) channel.on('data', (c: Buffer) => collector.stdout(c));
       else channel.pipe(stdoutSink);
-      channel.stderr.on('data', (c: Buffer) => collector.stderr(c));
+      channel.stderr.on('data', (c: Buffer) => {
+        if (pgid !== undefined) return collector.stderr(c);
+        stderrHead += c.toString('latin1');
+        const nl = stderrHead.indexOf('\n');
+        if (nl < 0) return;
+        const first = stderrHead.slice(0, nl);
+        const rest = Buffer.from(stderrHead.slice(nl + 1), 'latin1');
+        if (first.startsWith(pgidMarker)) pgid = Number(first.slice(pgidMarker.length)) || undefined;
+        else collector.stderr(Buffer.from(`${first}\n`, 'latin1'));
+        pgid ??= 0;
+        if (rest.length) collector.stderr(rest);
+      });
       channel.on('exit', (code: number | null, signalName?: string) => {
         exitCode = code;
         exitSignal = signalName ?? null;

@@ -107,6 +107,13 @@ function quietTemporalRuntime(): void {
   Runtime.install({ logger: new DefaultLogger('WARN') });
 }
 
+/** Clients for the run's EC2/S3 emulator (it accepts any credentials; the SDK only needs some to sign). */
+export const emulatorCredentials = { accessKeyId: 'markco-test', secretAccessKey: 'markco-test' };
+
+export function emulatorEc2(state: HarnessState) {
+  return createEc2Client({ region: 'ca-central-1', endpoint: state.moto.endpoint, snapshotBucket: 'markco-test' }, emulatorCredentials);
+}
+
 /** A worker with the real activities, on a task queue of the test's own, from the run's prebuilt bundle. */
 export async function startTestWorker(
   state: HarnessState,
@@ -119,7 +126,7 @@ export async function startTestWorker(
     connection,
     namespace: state.temporal.namespace,
     taskQueue,
-    deps: { ...deps, ec2: createEc2Client({ region: 'ca-central-1', endpoint: state.moto.endpoint, snapshotBucket: 'unused' }) },
+    deps: { ...deps, ec2: emulatorEc2(state) },
     workflowBundlePath: state.workflowBundlePath,
     shutdownGraceTime: '2s',
   });

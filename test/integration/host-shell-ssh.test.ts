@@ -1,0 +1,98 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { HostCommandError, HostConnectError, HostTimeoutError, SshShell, type HostShells } from '../../activities/host-shell.js';
+import { streamFileBetweenHosts } from '../../activities/transfer.js';
+import { connectionTo, testShells, useHarness } from '../support/context.js';
+
+/** The host-access layer against real sshd on namespace hosts. */
+describe('ssh2 host shell', () => {
+  const h = useHarness();
+  let shells: HostShells;
+  before(() => {
+    shells = testShells(h.state, { connectTimeoutMs: 2000 });
+  });
+  after(() => shells.closeAll());
+
+  const shellA = () => shells.for(connectionTo(h.state.hosts[0]!));
+  const shellB = () => shells.for(connectionTo(h.state.hosts[1]!));
+
+  test('commands run on the host itself, with that host\'s podman storage', async () => {
+    const host = h.state.hosts[0]!;
+    const r = await shellA().run(['sh', '-c', 'ip -4 -o addr show eth0; echo "$CONTAINERS_STORAGE_CONF"']);
+    assert.match(r.stdout, new RegExp(host.address.replace(/\./g, '\\.')));
+    assert.match(r.stdout, new RegExp(host.dir));
+    const images = await shellA().run(['podman', 'images', '--format', '{{.Repository}}:{{.Tag}}']);
+    assert.match(images.stdout, /localhost\/markco-base:bookworm/, 'the image was loaded like a baked AMI');
+  });
+
+  test('a failing command carries its exit code and stderr into the error', async () => {
+    await assert.rejects(shellA().run(['sh', '-c', 'echo "no such container: rt-x" >&2; exit 125']), (err: unknown) => {
+      assert.ok(err instanceof HostCommandError);
+      assert.equal(err.exitCode, 125);
+      assert.equal(err.hostId, h.state.hosts[0]!.hostId);
+      assert.match(err.message, /exited with 125: no such container: rt-x/);
+      return true;
+    });
+  });
+
+  test('a command over its time limit fails and does not keep running on the host', async () => {
+    const marker = `sleep 31.${process.pid}`;
+    await assert.rejects(shellA().run(['sh', '-c', `${marker}; echo done`], { timeoutMs: 500 }), HostTimeoutError);
+    let alive = '';
+    for (let i = 0; i < 30; i++) {
+      alive = (await shellA().run(['sh', '-c', `pgrep -f '^${marker}' || true`])).stdout.trim();
+      if (!alive) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(alive, '', 'the remote process was stopped');
+  });
+
+  test('a host presenting another key is refused before anything runs', async () => {
+    const impostor = new SshShell({ ...connectionTo(h.state.hosts[1]!), hostKey: h.state.hosts[0]!.hostKey }, { privateKey: readFileSync(h.state.sshKeyPath), connectTimeoutMs: 2000, commandTimeoutMs: 5000 });
+    await assert.rejects(impostor.run(['touch', '/tmp/should-not-exist']), (err: unknown) => err instanceof HostConnectError && err.reason === 'host-key' && /SHA256:/.test(err.message));
+    await impostor.close();
+  });
+
+  test('a host without a pinned key is never contacted', () => {
+    assert.throws(() => new SshShell({ ...connectionTo(h.state.hosts[0]!), hostKey: undefined }, { privateKey: 'x', connectTimeoutMs: 1000, commandTimeoutMs: 1000 }), (err: unknown) => err instanceof HostConnectError && err.reason === 'no-host-key');
+  });
+
+  test('an unanswering address fails within the connect timeout', async () => {
+    // An unused address in this run's own test subnet: nothing answers there.
+    const ghost = new SshShell({ ...connectionTo(h.state.hosts[0]!), hostId: 'ghost', address: `${h.state.network.prefix}.250` }, { privateKey: readFileSync(h.state.sshKeyPath), connectTimeoutMs: 800, commandTimeoutMs: 5000 });
+    const started = Date.now();
+    await assert.rejects(ghost.run(['true']), (err: unknown) => err instanceof HostConnectError && ['timeout', 'unreachable'].includes(err.reason));
+    assert.ok(Date.now() - started < 5000);
+    await ghost.close();
+  });
+
+  test('many commands at once share one connection beyond the session limit', async () => {
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => shellA().run(['echo', String(i)])));
+    assert.deepEqual(results.map((r) => Number(r.stdout.trim())), Array.from({ length: 40 }, (_, i) => i));
+  });
+
+  test('the shell reconnects after the connection drops', async () => {
+    await shellB().run(['true']);
+    await shellB().run(['sh', '-c', 'pkill -f "sshd: root@notty" || true']).catch(() => undefined);
+    let answer = '';
+    for (let i = 0; i < 20 && !answer; i++) {
+      answer = await shellB().run(['echo', 'back']).then((r) => r.stdout.trim(), () => '');
+      if (!answer) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(answer, 'back');
+  });
+
+  test('bytes stream host to host over ssh2, verified end to end', async () => {
+    const [a, b] = [h.state.hosts[0]!, h.state.hosts[1]!];
+    const src = `${a.scratchDir}/blob-${process.pid}`;
+    const dst = `${b.scratchDir}/in/blob-${process.pid}`;
+    await shellA().run(['sh', '-c', `head -c 20000000 /dev/urandom > ${src}`]);
+    const result = await streamFileBetweenHosts({ from: shellA(), fromPath: src, to: shellB(), toPath: dst });
+    assert.equal(result.bytes, 20_000_000);
+    const [sa, sb] = await Promise.all([shellA().run(['sha256sum', src]), shellB().run(['sha256sum', dst])]);
+    assert.equal(sa.stdout.split(' ')[0], sb.stdout.split(' ')[0]);
+    assert.equal(sb.stdout.split(' ')[0], result.sha256);
+    await Promise.all([shellA().run(['rm', '-f', src]), shellB().run(['rm', '-f', dst])]);
+  });
+});
