@@ -12,7 +12,7 @@ import { migrateUp } from '../../lib/db.js';
 import { createLogger } from '../../lib/logger.js';
 import { defaultToolsDir, repoRoot } from '../../lib/paths.js';
 import { writeWorkflowBundle } from '../../workers/bundle-workflows.js';
-import { describeLeftovers, findLeftovers, removeLeftovers, sweepDeadRuns, testRunsRoot } from './leftovers.js';
+import { describeLeftovers, findLeftovers, ownerRecord, removeLeftovers, runMarkerEnv, sweepDeadRuns, testRunsRoot } from './leftovers.js';
 import { createNamespaceHost, createTestNetwork, destroyNamespaceHost, destroyTestNetwork, type NamespaceHostInfo, type TestNetwork } from './netns.js';
 
 /**
@@ -108,7 +108,9 @@ export async function startHarness(opts: { hosts?: number; toolsDir?: string } =
   const runId = randomBytes(3).toString('hex');
   const runDir = join(testRunsRoot, runId);
   mkdirSync(runDir, { recursive: true, mode: 0o755 });
-  writeFileSync(join(runDir, 'owner.json'), JSON.stringify({ pid: process.pid, startedAt: new Date().toISOString() }));
+  writeFileSync(join(runDir, 'owner.json'), JSON.stringify(ownerRecord()));
+  // Every process started from here on inherits the marker, so a killed run's servers can be found.
+  process.env[runMarkerEnv] = runDir;
 
   const stops: (() => Promise<void>)[] = [];
   const hosts: NamespaceHostInfo[] = [];

@@ -5,6 +5,9 @@ import { LocalShell } from '../../activities/host-shell.js';
 /** Every test run lives under this directory; a run's namespaces and links carry its id. */
 export const testRunsRoot = '/var/tmp/markco-test';
 
+/** Set in the environment of everything a run starts (inherited by sshd, podman, conmon, servers). */
+export const runMarkerEnv = 'MARKCO_TEST_RUN';
+
 const local = new LocalShell('test-harness', { commandTimeoutMs: 60_000 });
 
 function pids(): number[] {
@@ -43,9 +46,10 @@ export interface Leftovers {
 export async function findLeftovers(runDir: string, runId: string): Promise<Leftovers> {
   const ids = containerIds(runDir);
   const processes: Leftovers['processes'] = [];
+  const marker = `\0${runMarkerEnv}=${runDir}\0`;
   for (const pid of pids()) {
     const cmdline = read(`/proc/${pid}/cmdline`).replace(/\0/g, ' ').trim();
-    if (cmdline.includes(runDir)) {
+    if (cmdline.includes(runDir) || `\0${read(`/proc/${pid}/environ`)}`.includes(marker)) {
       processes.push({ pid, what: cmdline.slice(0, 160) });
       continue;
     }
@@ -97,10 +101,21 @@ export async function removeLeftovers(runDir: string, runId: string): Promise<vo
   rmSync(runDir, { recursive: true, force: true });
 }
 
+/** A process's start time in clock ticks since boot: with the pid, it names one process for good. */
+export function processStartTime(pid: number): string | undefined {
+  const stat = read(`/proc/${pid}/stat`);
+  // Field 22, counted after the command name, which is in parentheses and may contain spaces.
+  return stat ? stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] : undefined;
+}
+
+export function ownerRecord(): { pid: number; startTime: string | undefined; startedAt: string } {
+  return { pid: process.pid, startTime: processStartTime(process.pid), startedAt: new Date().toISOString() };
+}
+
 function ownerAlive(runDir: string): boolean {
   try {
-    const { pid } = JSON.parse(readFileSync(join(runDir, 'owner.json'), 'utf8')) as { pid: number };
-    return read(`/proc/${pid}/cmdline`).includes('test/support');
+    const { pid, startTime } = JSON.parse(readFileSync(join(runDir, 'owner.json'), 'utf8')) as { pid: number; startTime?: string };
+    return startTime !== undefined && processStartTime(pid) === startTime;
   } catch {
     return false;
   }
