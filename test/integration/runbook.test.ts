@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { after, before, describe, test } from 'node:test';
+import type { Worker } from '@temporalio/worker';
+import type { HostShells } from '../../activities/host-shell.js';
+import { resolveTemporalCli } from '../../infra/dev/prerequisites.js';
+import { defaultToolsDir } from '../../lib/paths.js';
+import { freshDatabase, startTestWorker, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { runbookCommands, shellWords } from '../support/runbook.js';
+
+/** The runbook's own command lines, run as written (plus --address) against a real server and worker. */
+describe('docs/runbook.md', () => {
+  const h = useHarness();
+  let db: TestDatabase;
+  let shells: HostShells;
+  let worker: Worker;
+  let running: Promise<void>;
+  const temporal = resolveTemporalCli({ explicit: process.env.TEMPORAL_CLI, toolsDir: process.env.MARKCO_TOOLS_DIR ?? defaultToolsDir });
+
+  before(async () => {
+    db = await freshDatabase(h.state);
+    shells = testShells(h.state);
+    // The runbook speaks of the default task queue, as scripts/start runs it.
+    ({ worker } = await startTestWorker(h.state, { store: db.store, shells }, 'markco-control'));
+    running = worker.run();
+  });
+  after(async () => {
+    worker.shutdown();
+    await running;
+    await shells.closeAll();
+    await db.drop();
+  });
+
+  // Asynchronous: the worker serving these commands runs in this very process.
+  const cli = async (line: string) => {
+    const [program, ...args] = shellWords(line);
+    assert.equal(program, 'temporal', line);
+    try {
+      const r = await promisify(execFile)(temporal, [...args, '--address', h.state.temporal.address], { encoding: 'utf8', timeout: 60_000 });
+      return r.stdout;
+    } catch (err) {
+      assert.fail(`\`${line}\` failed: ${(err as { stderr?: string }).stderr ?? String(err)}`);
+    }
+  };
+  const find = (pattern: RegExp) => {
+    const line = runbookCommands().find((l) => pattern.test(l));
+    assert.ok(line, `the runbook has a command matching ${pattern}`);
+    return line;
+  };
+
+  test('registerHost: start, result, query, describe and list as the runbook writes them', async () => {
+    await cli(find(/^temporal workflow start .*--type registerHost .*"kind":"base"/));
+    const result = await cli(find(/^temporal workflow result +--workflow-id host\/base\/register$/));
+    assert.match(result, /"state":\s*"ready"/);
+    assert.match(await cli(find(/^temporal workflow query --workflow-id host\/base\/register --type step$/)), /done/);
+    assert.match(await cli(find(/^temporal workflow describe +--workflow-id host\/base\/register$/)), /Completed/i);
+    const listed = await cli(find(/^temporal workflow list --query 'MarkcoTargetHost="base"'$/));
+    assert.match(listed, /host\/base\/register/, 'the workflow is found by its search attribute');
+    const row = await db.store.hosts.get('base');
+    assert.equal(row?.state, 'ready');
+  });
+});
