@@ -152,6 +152,26 @@ function failureOf(
   return undefined;
 }
 
+/**
+ * Calls `stop` once when the command outlives its deadline or is cancelled; `settle` runs the outcome
+ * exactly once and disarms both.
+ */
+function commandLifetime(timeoutMs: number, signal: AbortSignal | undefined, stop: (why: 'timeout' | 'abort') => void): { settle(fn: () => void): void } {
+  let settled = false;
+  const timer = setTimeout(() => stop('timeout'), timeoutMs);
+  const onAbort = () => stop('abort');
+  signal?.addEventListener('abort', onAbort, { once: true });
+  return {
+    settle(fn) {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      fn();
+    },
+  };
+}
+
 function feedStdin(stdin: RunOptions['stdin'], sink: NodeJS.WritableStream & { end(): void }): void {
   if (stdin === undefined) {
     sink.end();
@@ -192,26 +212,15 @@ export class LocalShell implements HostShell {
       if (opts.signal?.aborted) return reject(new HostAbortError(this.hostId, command));
       // A process group of its own, so a timeout or a cancel kills everything the command started.
       const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env: this.defaults.env ?? process.env });
-      let settled = false;
       let killedFor: 'timeout' | 'abort' | undefined;
-      const kill = (why: 'timeout' | 'abort') => {
+      const { settle: finish } = commandLifetime(timeoutMs, opts.signal, (why) => {
         killedFor = why;
         try {
           if (child.pid) process.kill(-child.pid, 'SIGKILL');
         } catch {
           child.kill('SIGKILL');
         }
-      };
-      const timer = setTimeout(() => kill('timeout'), timeoutMs);
-      const onAbort = () => kill('abort');
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
-      const finish = (fn: () => void) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        opts.signal?.removeEventListener('abort', onAbort);
-        fn();
-      };
+      });
       if (capture || !stdoutSink) child.stdout.on('data', (c: Buffer) => collector.stdout(c));
       else child.stdout.pipe(stdoutSink);
       child.stderr.on('data', (c: Buffer) => collector.stderr(c));
@@ -444,30 +453,23 @@ export class SshShell implements HostShell {
     const started = Date.now();
     const collector = new OutputCollector(opts.maxStdoutBytes ?? DEFAULT_MAX_STDOUT);
     const done = new Promise<RunResult>((resolve, reject) => {
-      let settled = false;
       let exitCode: number | null = null;
       let exitSignal: string | null = null;
       let stoppedFor: 'timeout' | 'abort' | undefined;
       let pgid: number | undefined;
       let stderrHead = '';
-      const stop = (why: 'timeout' | 'abort') => {
+      const lifetime = commandLifetime(timeoutMs, opts.signal, (why) => {
         if (stoppedFor) return;
         stoppedFor = why;
         const closeChannel = () => channel.close();
         if (pgid) void this.killGroup(pgid).then(closeChannel, closeChannel);
         else closeChannel();
-      };
-      const timer = setTimeout(() => stop('timeout'), timeoutMs);
-      const onAbort = () => stop('abort');
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
-      const finish = (fn: () => void) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        opts.signal?.removeEventListener('abort', onAbort);
-        release();
-        fn();
-      };
+      });
+      const finish = (fn: () => void) =>
+        lifetime.settle(() => {
+          release();
+          fn();
+        });
       if (capture || !stdoutSink) channel.on('data', (c: Buffer) => collector.stdout(c));
       else channel.pipe(stdoutSink);
       channel.stderr.on('data', (c: Buffer) => {
