@@ -21,13 +21,14 @@ export async function shellForHost(deps: HostActivityDeps, hostId: string): Prom
 /** Reads what decides whether a host can run and checkpoint runtimes. */
 export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Promise<HostFacts> {
   const opts = { timeoutMs: 30_000, ...(signal ? { signal } : {}) };
-  const [podman, runtime, criu, uname, nproc, meminfo] = await Promise.all([
+  const [podman, runtime, criu, uname, nproc, meminfo, status] = await Promise.all([
     shell.run(podmanVersionArgs, opts),
     shell.run(podmanRuntimeArgs, opts),
     shell.run(criuVersionArgs, opts),
     shell.run(['uname', '-r'], opts),
     shell.run(['nproc'], opts),
     shell.run(['cat', '/proc/meminfo'], opts),
+    shell.run(['cat', '/proc/self/status'], opts),
   ]);
   const [ociRuntime = '', cgroupVersion = ''] = runtime.stdout.trim().split(/\s+/);
   const memKb = Number(/^MemTotal:\s+(\d+)\s+kB/m.exec(meminfo.stdout)?.[1] ?? 0);
@@ -39,7 +40,16 @@ export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Pr
     cpus: Number.parseInt(nproc.stdout.trim(), 10) || 0,
     memoryBytes: memKb * 1024,
     cgroupVersion,
+    rootHasSysResource: hasCapability(status.stdout, CAP_SYS_RESOURCE),
   };
+}
+
+const CAP_SYS_RESOURCE = 24;
+
+/** Reads one capability bit from the CapEff line of a /proc/<pid>/status text. */
+export function hasCapability(procStatus: string, bit: number): boolean {
+  const hex = /^CapEff:\s*([0-9a-f]+)/m.exec(procStatus)?.[1];
+  return hex !== undefined && ((BigInt(`0x${hex}`) >> BigInt(bit)) & 1n) === 1n;
 }
 
 /** Why a host cannot take runtimes, or undefined when it can. */

@@ -37,6 +37,10 @@ export interface RunContainerSpec {
   network?: 'bridge' | 'host' | 'none';
   /** AppArmor blocks CRIU on Ubuntu hosts; harmless where AppArmor is off. */
   apparmorUnconfined?: boolean;
+  /** Capabilities to drop ('all' for every one). */
+  capDrop?: readonly string[];
+  /** Forbid gaining privileges through setuid binaries. */
+  noNewPrivileges?: boolean;
   /** Arguments after the image (the container's command). */
   command?: string[];
 }
@@ -89,6 +93,8 @@ export function runContainerArgs(spec: RunContainerSpec): string[] {
   if (spec.user) args.push('--user', spec.user);
   if (spec.workdir) args.push('--workdir', spec.workdir);
   if (spec.apparmorUnconfined) args.push('--security-opt', 'apparmor=unconfined');
+  for (const cap of spec.capDrop ?? []) args.push('--cap-drop', cap);
+  if (spec.noNewPrivileges) args.push('--security-opt', 'no-new-privileges');
   args.push(spec.image, ...(spec.command ?? []));
   return args;
 }
@@ -123,8 +129,11 @@ export function checkpointArgs(spec: CheckpointSpec): string[] {
 
 export interface RestoreSpec {
   importPath: string;
-  /** The restored container's name (a new name lets a checkpoint be restored beside its source). */
-  name: string;
+  /**
+   * A new name for the restored container, so a checkpoint can be restored beside its source (a fork).
+   * Without it the container keeps its checkpointed name (a migration).
+   */
+  name?: string;
   ports?: PortMapping[];
   tcpEstablished?: boolean;
   fileLocks?: boolean;
@@ -134,9 +143,12 @@ export interface RestoreSpec {
 }
 
 export function restoreArgs(spec: RestoreSpec): string[] {
-  assertName('container name', spec.name);
+  if (spec.name !== undefined) assertName('container name', spec.name);
   if (!spec.importPath.startsWith('/')) throw new Error('checkpoint import path must be absolute');
-  const args = ['podman', 'container', 'restore', '--print-stats', '--import', spec.importPath, '--name', spec.name];
+  // A renamed copy would hold the same TCP connections as its source: podman refuses the pair.
+  if (spec.name !== undefined && spec.tcpEstablished) throw new Error('a restore under a new name cannot keep established TCP connections (podman refuses --tcp-established with --name)');
+  const args = ['podman', 'container', 'restore', '--print-stats', '--import', spec.importPath];
+  if (spec.name !== undefined) args.push('--name', spec.name);
   for (const p of spec.ports ?? []) args.push('--publish', publishArg(p));
   if (spec.tcpEstablished) args.push('--tcp-established');
   if (spec.fileLocks) args.push('--file-locks');

@@ -175,9 +175,10 @@ if ! skipped npm; then
   fi
 fi
 
-# --- 7. The offline base image -------------------------------------------------------------------
+# --- 7. The images, built offline (no registry): base, runtime, GPU runtime, editor-lite ----------
+# Each is skipped when its recipe is unchanged.
 if ! skipped image; then
-  MARKCO_DEBIAN_MIRROR=$MIRROR "$ROOT/images/base/build.sh"
+  MARKCO_DEBIAN_MIRROR=$MIRROR "$ROOT/images/build.sh"
 fi
 
 log "ready"

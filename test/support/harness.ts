@@ -13,7 +13,7 @@ import { createLogger } from '../../lib/logger.js';
 import { defaultToolsDir, repoRoot } from '../../lib/paths.js';
 import { writeWorkflowBundle } from '../../workers/bundle-workflows.js';
 import { describeLeftovers, findLeftovers, ownerRecord, removeLeftovers, runMarkerEnv, sweepDeadRuns, testRunsRoot } from './leftovers.js';
-import { createNamespaceHost, createTestNetwork, destroyNamespaceHost, destroyTestNetwork, type NamespaceHostInfo, type TestNetwork } from './netns.js';
+import { containersConf, createNamespaceHost, createTestNetwork, destroyNamespaceHost, destroyTestNetwork, type NamespaceHostInfo, type TestNetwork } from './netns.js';
 
 /**
  * Everything the integration tests run against, started once per test run from real parts: PostgreSQL
@@ -32,10 +32,25 @@ export interface HarnessState {
   sshKeyPath: string;
   workflowBundlePath: string;
   baseImage: string;
+  /** This machine as the base server, with podman storage of the run's own (the built images shared read-only). */
+  baseHost: LocalBaseHost;
+  images: { runtime: string; editor: string };
+}
+
+export interface LocalBaseHost {
+  hostId: string;
+  dir: string;
+  /** Where users' files live on this host (DATA_DIR). */
+  dataDir: string;
+  env: { CONTAINERS_STORAGE_CONF: string; CONTAINERS_CONF: string };
 }
 
 export const harnessStateEnv = 'MARKCO_TEST_HARNESS';
 export const baseImage = process.env.MARKCO_BASE_IMAGE ?? 'localhost/markco-base:bookworm';
+export const testImages = {
+  runtime: process.env.MARKCO_RUNTIME_IMAGE ?? 'localhost/markco-runtime:0.4.2',
+  editor: process.env.MARKCO_EDITOR_LITE_IMAGE ?? 'localhost/markco-editor-lite:0.1',
+};
 
 const log = createLogger({ level: process.env.MARKCO_TEST_LOG_LEVEL ?? 'warn', name: 'harness' });
 const local = new LocalShell('test-harness', { commandTimeoutMs: 600_000 });
@@ -51,11 +66,37 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** Builds whatever image is missing or out of date (seconds when nothing changed). */
+async function ensureImages(): Promise<void> {
+  await local.run([join(repoRoot, 'images', 'build.sh'), 'base', 'node-base', 'runtime', 'editor-lite'], { timeoutMs: 1_200_000 });
+}
+
+/**
+ * The base server of a run: this machine's podman with a storage of the run's own, so the run's
+ * containers are found and removed with the run; the images built in the machine's storage are used
+ * read-only from there (no copy).
+ */
+function createLocalBaseHost(runDir: string, runId: string): LocalBaseHost {
+  const hostId = `base-${runId}`;
+  const dir = join(runDir, 'hosts', hostId);
+  for (const sub of ['storage', 'run', 'tmp', 'data']) mkdirSync(join(dir, sub), { recursive: true });
+  const env = { CONTAINERS_STORAGE_CONF: join(dir, 'storage.conf'), CONTAINERS_CONF: join(dir, 'containers.conf') };
+  writeFileSync(
+    env.CONTAINERS_STORAGE_CONF,
+    `[storage]\ndriver = "overlay"\ngraphroot = "${dir}/storage"\nrunroot = "${dir}/run"\n[storage.options]\nadditionalimagestores = ["/var/lib/containers/storage"]\n`,
+  );
+  writeFileSync(env.CONTAINERS_CONF, containersConf(dir));
+  return { hostId, dir, dataDir: join(dir, 'data'), env };
+}
+
+async function destroyLocalBaseHost(h: LocalBaseHost): Promise<void> {
+  await new LocalShell(h.hostId, { commandTimeoutMs: 60_000, env: { ...process.env, ...h.env } })
+    .run(['podman', 'rm', '--all', '--force', '--time', '0'], { okExitCodes: [0, 1, 2, 125] })
+    .catch(() => undefined);
+}
+
 /** The base image as a `podman save` archive, cached by image id between runs (what an AMI bake would load). */
 async function imageArchive(image: string): Promise<string> {
-  if ((await local.run(['podman', 'image', 'exists', image], { okExitCodes: [0, 1] })).exitCode !== 0) {
-    await local.run([join(repoRoot, 'images', 'base', 'build.sh')]);
-  }
   const id = (await local.run(['podman', 'image', 'inspect', '--format', '{{.Id}}', image])).stdout.trim();
   const cacheDir = join(testRunsRoot, 'cache');
   mkdirSync(cacheDir, { recursive: true });
@@ -115,8 +156,9 @@ export async function startHarness(opts: { hosts?: number; toolsDir?: string } =
   const stops: (() => Promise<void>)[] = [];
   const hosts: NamespaceHostInfo[] = [];
   let network: TestNetwork | undefined;
+  let baseHost: LocalBaseHost | undefined;
   const teardown = async () => {
-    await Promise.allSettled(hosts.map((h) => destroyNamespaceHost(h)));
+    await Promise.allSettled([...hosts.map((h) => destroyNamespaceHost(h)), ...(baseHost ? [destroyLocalBaseHost(baseHost)] : [])]);
     if (network) await destroyTestNetwork(network).catch(() => undefined);
     for (const stop of stops.reverse()) await stop().catch(() => undefined);
     const left = describeLeftovers(await findLeftovers(runDir, runId));
@@ -150,7 +192,10 @@ export async function startHarness(opts: { hosts?: number; toolsDir?: string } =
       stops.push(m.stop);
       return { endpoint: m.endpoint };
     })();
+    const imagesReady = ensureImages();
     const hostsReady = (async () => {
+      await imagesReady;
+      baseHost = createLocalBaseHost(runDir, runId);
       const archive = await imageArchive(baseImage);
       network = await createTestNetwork(runId);
       const count = opts.hosts ?? 2;
@@ -182,6 +227,8 @@ export async function startHarness(opts: { hosts?: number; toolsDir?: string } =
       sshKeyPath,
       workflowBundlePath,
       baseImage,
+      baseHost: baseHost!,
+      images: testImages,
     };
     const stateFile = join(runDir, 'state.json');
     writeFileSync(stateFile, JSON.stringify(state, null, 2));

@@ -75,7 +75,7 @@ function storageConf(dir: string): string {
 }
 
 /** CONTAINERS_CONF replaces every other containers.conf, so it repeats what the base host gets from bootstrap. */
-function containersConf(dir: string): string {
+export function containersConf(dir: string): string {
   return [
     '[containers]',
     'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',

@@ -96,6 +96,8 @@ test('every checkpoint prints CRIU statistics; --leave-running and compression a
 });
 
 test('restore names the container, publishes ports and prints statistics', () => {
+  assert.throws(() => restoreArgs({ importPath: '/x.tar', name: 'copy', tcpEstablished: true }), /cannot keep established TCP/);
+  assert.ok(!restoreArgs({ importPath: '/x.tar', tcpEstablished: true }).includes('--name'));
   const args = restoreArgs({ importPath: '/x.tar', name: 'rt-1', ports: [{ hostPort: 40001, containerPort: 8888, hostIp: '10.0.0.5' }], ignoreStaticIp: true, ignoreStaticMac: true });
   assert.deepEqual(args.slice(0, 8), ['podman', 'container', 'restore', '--print-stats', '--import', '/x.tar', '--name', 'rt-1']);
   assert.equal(flagValue(args, '--publish'), '10.0.0.5:40001:8888');

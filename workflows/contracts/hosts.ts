@@ -37,6 +37,13 @@ export interface HostFacts {
   cpus: number;
   memoryBytes: number;
   cgroupVersion: string;
+  /**
+   * Whether root on the host holds CAP_SYS_RESOURCE. CRIU reads every dumped process's rlimits, which
+   * the kernel allows across users only with that capability; without it (some VM sandboxes) only
+   * processes running as uid 0 can be checkpointed, so runtimes there run as uid 0 with every
+   * capability dropped instead of as the image's unprivileged user.
+   */
+  rootHasSysResource: boolean;
 }
 
 export interface RegisterHostResult {
