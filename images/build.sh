@@ -95,7 +95,7 @@ for image in "${images[@]}"; do
       ;;
     runtime|runtime-gpu)
       ctx="$work/$image" && mkdir -p "$ctx"
-      cp "$here/runtime/requirements.txt" "$here/runtime/start-runtime.sh" "$ctx/"
+      cp "$here/runtime/requirements.txt" "$here/runtime/start-runtime.sh" "$here/runtime/install-runtime.sh" "$ctx/"
       if [ "$mode" = offline ]; then cp -r "$(runtime_wheels)" "$ctx/wheels"; rm -f "$ctx/wheels/.complete"; fi
       if [ "$image" = runtime ]; then
         build runtime "$RUNTIME_IMAGE" "$here/runtime/Containerfile" "$ctx" "$BASE_IMAGE"
