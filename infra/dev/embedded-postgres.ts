@@ -5,7 +5,7 @@ import { arch, platform, userInfo } from 'node:os';
 import { dirname, join, parse, resolve } from 'node:path';
 import pg from 'pg';
 import type { Logger } from '../../lib/logger.js';
-import { stopChild, waitFor } from './processes.js';
+import { processAlive, stopChild, waitFor } from './processes.js';
 
 export interface EmbeddedPostgresHandle {
   /** postgres://markco:...@127.0.0.1:<port>/<database> */
@@ -67,25 +67,16 @@ function postgresAccount(): { uid: number; gid: number } | undefined {
   return created;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** A server left running by a stack that was killed holds the data directory: stop it first. */
 async function stopLeftoverServer(dataDir: string, log: Logger): Promise<void> {
   const pidFile = join(dataDir, 'postmaster.pid');
   if (!existsSync(pidFile)) return;
   const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-  if (!Number.isInteger(pid) || pid <= 0 || !pidAlive(pid)) return;
+  if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return;
   log.warn({ pid, dataDir }, 'a PostgreSQL from an earlier run still holds the data directory; stopping it');
   process.kill(pid, 'SIGINT');
   await waitFor('the earlier PostgreSQL to stop', async () => {
-    if (pidAlive(pid)) throw new Error(`pid ${pid} is still running`);
+    if (processAlive(pid)) throw new Error(`pid ${pid} is still running`);
   }, { timeoutMs: 15_000, intervalMs: 100 }).catch(() => process.kill(pid, 'SIGKILL'));
 }
 

@@ -23,6 +23,16 @@ export async function waitFor(
   throw new Error(`${what} did not come up within ${opts.timeoutMs} ms: ${last instanceof Error ? last.message : String(last)}`);
 }
 
+/** Whether a process with this pid exists (signal 0 checks without signalling). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** A signal (SIGTERM by default) to the child's process group, SIGKILL after a grace period; resolves once it has exited. */
 export async function stopChild(child: ChildProcess, graceMs: number, first: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;

@@ -4,19 +4,11 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
+import { processAlive } from '../../infra/dev/processes.js';
 import { repoRoot } from '../../lib/paths.js';
 import { workflowIds } from '../../workflows/contracts/index.js';
 import { freePort } from '../support/harness.js';
 import { useHarness } from '../support/context.js';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -97,7 +89,7 @@ describe('scripts/start', () => {
     assert.equal(recorded.length, 3, 'worker, edge and Temporal are recorded');
     const pgDir = join(dataDir, 'postgres');
     const pgPid = Number(readFileSync(join(pgDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    assert.ok(alive(pgPid));
+    assert.ok(processAlive(pgPid));
 
     // Take one part down: health says 503 and names it.
     const temporalPid = recorded.find((r) => r.marker === 'start-dev')!.pid;
@@ -117,8 +109,8 @@ describe('scripts/start', () => {
     stack.kill('SIGINT');
     const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 90_000))]);
     assert.equal(code, 0, `the stack exits cleanly on Ctrl-C: ${output.slice(-1500)}`);
-    for (const { pid, marker } of recorded) assert.equal(alive(pid), false, `${marker} stopped`);
-    assert.equal(alive(pgPid), false, 'PostgreSQL stopped');
+    for (const { pid, marker } of recorded) assert.equal(processAlive(pid), false, `${marker} stopped`);
+    assert.equal(processAlive(pgPid), false, 'PostgreSQL stopped');
     assert.equal(existsSync(join(dataDir, 'run', 'stack.json')), false);
     await assert.rejects(fetch(`http://127.0.0.1:${port}/api/health`, { signal: AbortSignal.timeout(2000) }), 'the edge no longer listens');
   });

@@ -3,11 +3,13 @@ import { chownSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Agent, request } from 'undici';
-import { LocalShell } from '../../activities/host-shell.js';
+import type { LocalShell } from '../../activities/host-shell.js';
 import { probeHostFacts } from '../../activities/hosts.js';
 import { checkpointArgs, removeContainerArgs, restoreArgs, runContainerArgs } from '../../activities/podman-commands.js';
 import { containerUserFor, planLimits, runtimeContainerName, runtimeContainerSpec } from '../../activities/user-containers.js';
+import { waitFor } from '../../infra/dev/processes.js';
 import { freePort } from '../support/harness.js';
+import { hostEnvShell } from '../support/netns.js';
 import { useHarness } from '../support/context.js';
 
 /**
@@ -35,17 +37,8 @@ async function mrp(port: number, path: string, body?: unknown): Promise<Record<s
   return (await res.body.json()) as Record<string, unknown>;
 }
 
-async function waitForMrp(port: number): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    try {
-      await mrp(port, 'capabilities');
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw new Error(`MRP on port ${port} never answered: ${(err as Error).message}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
+function waitForMrp(port: number): Promise<void> {
+  return waitFor(`MRP on port ${port}`, () => mrp(port, 'capabilities'), { timeoutMs: 30_000, intervalMs: 200 });
 }
 
 describe('runtime image', () => {
@@ -58,7 +51,7 @@ describe('runtime image', () => {
 
   before(async () => {
     const base = harness.state.baseHost;
-    shell = new LocalShell(base.hostId, { commandTimeoutMs: 120_000, env: { ...process.env, ...base.env } });
+    shell = hostEnvShell(base);
     user = containerUserFor(await probeHostFacts(shell));
     home = join(base.dataDir, userId);
     mkdirSync(home, { recursive: true });

@@ -13,7 +13,7 @@ import { createLogger } from '../../lib/logger.js';
 import { defaultToolsDir, repoRoot } from '../../lib/paths.js';
 import { writeWorkflowBundle } from '../../workers/bundle-workflows.js';
 import { describeLeftovers, findLeftovers, ownerRecord, removeLeftovers, runMarkerEnv, sweepDeadRuns, testRunsRoot } from './leftovers.js';
-import { containersConf, createNamespaceHost, createTestNetwork, destroyNamespaceHost, destroyTestNetwork, type NamespaceHostInfo, type TestNetwork } from './netns.js';
+import { containersConf, createNamespaceHost, hostEnvShell, storageConf, createTestNetwork, destroyNamespaceHost, destroyTestNetwork, type NamespaceHostInfo, type TestNetwork } from './netns.js';
 
 /**
  * Everything the integration tests run against, started once per test run from real parts: PostgreSQL
@@ -81,17 +81,14 @@ function createLocalBaseHost(runDir: string, runId: string): LocalBaseHost {
   const dir = join(runDir, 'hosts', hostId);
   for (const sub of ['storage', 'run', 'tmp', 'data']) mkdirSync(join(dir, sub), { recursive: true });
   const env = { CONTAINERS_STORAGE_CONF: join(dir, 'storage.conf'), CONTAINERS_CONF: join(dir, 'containers.conf') };
-  writeFileSync(
-    env.CONTAINERS_STORAGE_CONF,
-    `[storage]\ndriver = "overlay"\ngraphroot = "${dir}/storage"\nrunroot = "${dir}/run"\n[storage.options]\nadditionalimagestores = ["/var/lib/containers/storage"]\n`,
-  );
+  writeFileSync(env.CONTAINERS_STORAGE_CONF, storageConf(dir, '/var/lib/containers/storage'));
   writeFileSync(env.CONTAINERS_CONF, containersConf(dir));
   return { hostId, dir, dataDir: join(dir, 'data'), env };
 }
 
 async function destroyLocalBaseHost(h: LocalBaseHost): Promise<void> {
-  await new LocalShell(h.hostId, { commandTimeoutMs: 60_000, env: { ...process.env, ...h.env } })
-    .run(['podman', 'rm', '--all', '--force', '--time', '0'], { okExitCodes: [0, 1, 2, 125] })
+  await hostEnvShell(h)
+    .run(['podman', 'rm', '--all', '--force', '--time', '0'], { okExitCodes: [0, 1, 2, 125], timeoutMs: 60_000 })
     .catch(() => undefined);
 }
 

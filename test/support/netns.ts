@@ -37,7 +37,8 @@ export const testSubnetFirstOctets = '10.77';
 const local = new LocalShell('test-harness', { commandTimeoutMs: 120_000 });
 const run = (argv: string[], opts: { timeoutMs?: number; okExitCodes?: number[] } = {}) => local.run(argv, opts);
 
-function hostEnvShell(h: NamespaceHostInfo): LocalShell {
+/** A local shell whose podman uses a test host's own storage and configuration. */
+export function hostEnvShell(h: { hostId: string; env: Record<string, string> }): LocalShell {
   return new LocalShell(h.hostId, { commandTimeoutMs: 120_000, env: { ...process.env, ...h.env } });
 }
 
@@ -70,8 +71,10 @@ export async function destroyTestNetwork(net: TestNetwork): Promise<void> {
   await run(['ip', 'link', 'del', net.bridge], { okExitCodes: [0, 1] });
 }
 
-function storageConf(dir: string): string {
-  return `[storage]\ndriver = "overlay"\ngraphroot = "${dir}/storage"\nrunroot = "${dir}/run"\n`;
+/** A test host's own podman storage; `sharedImageStore` adds a read-only store whose images it can use. */
+export function storageConf(dir: string, sharedImageStore?: string): string {
+  const shared = sharedImageStore ? `[storage.options]\nadditionalimagestores = ["${sharedImageStore}"]\n` : '';
+  return `[storage]\ndriver = "overlay"\ngraphroot = "${dir}/storage"\nrunroot = "${dir}/run"\n${shared}`;
 }
 
 /** CONTAINERS_CONF replaces every other containers.conf, so it repeats what the base host gets from bootstrap. */

@@ -10,7 +10,9 @@ import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { setTimeout as delay } from 'node:timers/promises';
 import { WebSocket } from 'ws';
+import { waitFor } from '../../infra/dev/processes.js';
 import { renderPage } from '../../images/editor-lite/page.js';
 import { startEditorLite, type EditorLite, type EditorLiteOptions } from '../../images/editor-lite/server.js';
 
@@ -22,16 +24,14 @@ const { WebsocketProvider } = require('y-websocket') as typeof import('y-websock
 
 const STREAM_GAP_MS = 300;
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await delay(10);
-  }
+function waitUntil(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  return waitFor(
+    what,
+    async () => {
+      if (!condition()) throw new Error('not yet');
+    },
+    { timeoutMs, intervalMs: 10 },
+  );
 }
 
 async function readBody(req: http.IncomingMessage): Promise<Buffer> {
@@ -115,7 +115,7 @@ async function openEvents(t: TestContext, editorPort: number): Promise<string[]>
   ws.on('message', (data) => messages.push(String(data)));
   t.after(() => ws.terminate());
   await once(ws, 'open');
-  await waitFor(() => messages.length > 0, 'the events greeting');
+  await waitUntil(() => messages.length > 0, 'the events greeting');
   return messages;
 }
 
@@ -190,7 +190,7 @@ test('SSE from execute/stream arrives as it happens, and a browser that leaves a
   assert.match(decoder.decode((await reader.read()).value), /event: start/);
   abort.abort();
   await reader.cancel().catch(() => undefined);
-  await waitFor(() => runtime.streamsClosedEarly === 1, 'the runtime to see its stream request aborted', STREAM_GAP_MS * 5);
+  await waitUntil(() => runtime.streamsClosedEarly === 1, 'the runtime to see its stream request aborted', STREAM_GAP_MS * 5);
 });
 
 test('the proxy refuses every port but the runtime one, and says 502 when the runtime is down', async (t) => {
@@ -249,7 +249,7 @@ test('update-port validates its body, moves /proxy to the new runtime and announ
   const info = await fetch(`http://127.0.0.1:${editor.port}/api/runtime`);
   assert.deepEqual(await info.json(), { port: second.port, host: 'localhost', cloud: true });
 
-  await waitFor(() => events.length >= 2, 'runtime-changed on /events');
+  await waitUntil(() => events.length >= 2, 'runtime-changed on /events');
   assert.deepEqual(JSON.parse(events[1] as string), { event: 'runtime-changed', data: { port: second.port, host: 'localhost' } });
   assert.ok(editor.logs.some((entry) => entry.event === 'update-port' && entry.newPort === second.port));
 });
@@ -279,12 +279,12 @@ test('two Yjs clients sync a text edit through /sync/<syncPort>/<doc>', async (t
     docA.destroy();
     docB.destroy();
   });
-  await waitFor(() => a.synced && b.synced, 'both providers to sync with the server');
+  await waitUntil(() => a.synced && b.synced, 'both providers to sync with the server');
 
   docA.getText('body').insert(0, 'hello from A');
-  await waitFor(() => docB.getText('body').toString() === 'hello from A', 'the edit to reach B');
+  await waitUntil(() => docB.getText('body').toString() === 'hello from A', 'the edit to reach B');
   docB.getText('body').insert(docB.getText('body').length, ', and B');
-  await waitFor(() => docA.getText('body').toString() === 'hello from A, and B', 'the edit to reach A');
+  await waitUntil(() => docA.getText('body').toString() === 'hello from A, and B', 'the edit to reach A');
 });
 
 test('/sync to any other port is refused; the page honours BASE_PATH and escapes the user name', async (t) => {
