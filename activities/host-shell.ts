@@ -518,6 +518,8 @@ export interface HostShellFactoryOptions {
   sshKeyPath: string;
   connectTimeoutMs: number;
   commandTimeoutMs: number;
+  /** Environment of the base server's commands (tests point podman at a storage of their own). */
+  localEnv?: NodeJS.ProcessEnv;
 }
 
 /**
@@ -537,7 +539,7 @@ export class HostShells {
     if (existing) void existing.shell.close();
     const shell: HostShell =
       host.kind === 'base' && host.hostId === this.opts.baseHostId
-        ? new LocalShell(host.hostId, { commandTimeoutMs: this.opts.commandTimeoutMs })
+        ? new LocalShell(host.hostId, { commandTimeoutMs: this.opts.commandTimeoutMs, ...(this.opts.localEnv ? { env: this.opts.localEnv } : {}) })
         : new SshShell(host, {
             privateKey: this.loadKey(),
             connectTimeoutMs: this.opts.connectTimeoutMs,

@@ -4,11 +4,13 @@ import { createEc2Activities } from './ec2.js';
 import { typedFailures } from './failures.js';
 import type { HostShells } from './host-shell.js';
 import { createHostActivities } from './hosts.js';
+import { createUserEnvironmentActivities, type UserEnvironmentConfig } from './user-environment.js';
 
 export interface ActivityDeps {
   store: Store;
   shells: HostShells;
   ec2: Pick<EC2Client, 'send'>;
+  environment: UserEnvironmentConfig;
 }
 
 function withTypedFailures<T extends Record<string, (...args: never[]) => Promise<unknown>>>(group: T): T {
@@ -20,6 +22,7 @@ export function createActivities(deps: ActivityDeps) {
   return withTypedFailures({
     ...createHostActivities(deps),
     ...createEc2Activities(deps),
+    ...createUserEnvironmentActivities(deps),
   });
 }
 

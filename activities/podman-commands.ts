@@ -185,6 +185,36 @@ export function inspectContainerArgs(name: string): string[] {
   return ['podman', 'container', 'inspect', name];
 }
 
+/** Prints the container's state (running, exited, created, paused ...); exit 125 when there is no such container. */
+export function containerStatusArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'container', 'inspect', '--format', '{{.State.Status}}', name];
+}
+
+export function startContainerArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'start', name];
+}
+
+/** Raw numbers (bytes, CPU percent, pids), not the rounded text podman's JSON format prints. */
+export function rawStatsArgs(name: string): string[] {
+  assertName('container name', name);
+  return ['podman', 'stats', '--no-stream', '--no-reset', '--format', '{{.ContainerStats.MemUsage}} {{.ContainerStats.MemLimit}} {{.ContainerStats.CPU}} {{.ContainerStats.PIDs}}', name];
+}
+
+export interface RawStats {
+  memoryUsedBytes: number;
+  memoryLimitBytes: number;
+  cpuPercent: number;
+  pids: number;
+}
+
+export function parseRawStats(stdout: string): RawStats {
+  const [used, limit, cpu, pids] = stdout.trim().split(/\s+/).map(Number);
+  if ([used, limit, cpu, pids].some((n) => n === undefined || !Number.isFinite(n))) throw new Error(`unexpected podman stats output: ${stdout.slice(0, 200)}`);
+  return { memoryUsedBytes: used!, memoryLimitBytes: limit!, cpuPercent: Math.round(cpu! * 100) / 100, pids: pids! };
+}
+
 export function containerExistsArgs(name: string): string[] {
   assertName('container name', name);
   return ['podman', 'container', 'exists', name];

@@ -3,10 +3,10 @@
  * (mrmd-server contract). Names come from the whole user id, limits from the plan, the user's files are
  * the container's home. Nothing here runs a process.
  */
+import { userIdPattern, type Plan } from '../workflows/contracts/users.js';
 import type { RunContainerSpec } from './podman-commands.js';
 
-export const Plans = ['free', 'pro', 'team'] as const;
-export type Plan = (typeof Plans)[number];
+export { Plans, type Plan } from '../workflows/contracts/users.js';
 
 export interface ResourceLimits {
   memoryBytes: number;
@@ -30,10 +30,8 @@ export const containerHome = '/home/user';
 /** The unprivileged user the images run as. */
 export const imageUser = { uid: 1000, gid: 1000 };
 
-const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
 function assertUserId(userId: string): void {
-  if (!uuidPattern.test(userId)) throw new Error(`invalid user id ${JSON.stringify(userId)}: expected a lowercase UUID`);
+  if (!userIdPattern.test(userId)) throw new Error(`invalid user id ${JSON.stringify(userId)}: expected a lowercase UUID`);
 }
 
 /** The whole id, never a prefix: the seeds' `editor-<first 8>` let two users collide. */

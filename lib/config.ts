@@ -1,4 +1,4 @@
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { defaultDataDir, defaultToolsDir } from './paths.js';
 
@@ -94,6 +94,12 @@ const ConfigSchema = z.object({
   MARKCO_S3_BUCKET: z.string().trim().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'expected an S3 bucket name').default('markco-snapshots'),
 
   MARKCO_DEV_LOGIN: bool(false),
+
+  // Users' containers.
+  MARKCO_USERS_DIR: optionalString,
+  MARKCO_RUNTIME_IMAGE: z.string().trim().min(1).default('localhost/markco-runtime:0.4.2'),
+  MARKCO_EDITOR_IMAGE: z.string().trim().min(1).default('localhost/markco-editor-lite:0.1'),
+  MARKCO_IMPORT_ALLOW_PRIVATE: bool(false),
 });
 
 type RawConfig = z.infer<typeof ConfigSchema>;
@@ -123,6 +129,14 @@ export interface Config {
     sshCommandTimeoutMs: number;
   };
   aws: { region: string; endpoint: string | undefined; snapshotBucket: string };
+  environment: {
+    baseHostId: string;
+    /** Absolute: every host keeps user `<id>`'s home at `<usersDir>/<id>`. */
+    usersDir: string;
+    runtimeImage: string;
+    editorImage: string;
+    allowPrivateImports: boolean;
+  };
 }
 
 export class ConfigError extends Error {
@@ -183,6 +197,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sshCommandTimeoutMs: c.MARKCO_SSH_COMMAND_TIMEOUT_MS,
     },
     aws: { region: c.AWS_REGION, endpoint: c.AWS_ENDPOINT_URL, snapshotBucket: c.MARKCO_S3_BUCKET },
+    environment: {
+      baseHostId: c.MARKCO_BASE_HOST_ID,
+      usersDir: resolve(c.MARKCO_USERS_DIR ?? join(c.MARKCO_DATA_DIR, 'users')),
+      runtimeImage: c.MARKCO_RUNTIME_IMAGE,
+      editorImage: c.MARKCO_EDITOR_IMAGE,
+      allowPrivateImports: c.MARKCO_IMPORT_ALLOW_PRIVATE,
+    },
   };
 }
 

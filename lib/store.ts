@@ -1,4 +1,7 @@
 import type pg from 'pg';
+import { createAccounts } from './accounts.js';
+import { createPortLeaseStore } from './port-leases.js';
+import { createRuntimeStore } from './runtime-store.js';
 import type { HostConnection, HostFacts, HostKind, HostState } from '../workflows/contracts/hosts.js';
 
 /**
@@ -128,6 +131,9 @@ export interface EventRecord {
 export function createStore(pool: pg.Pool) {
   return {
     pool,
+    ...createAccounts(pool),
+    ...createRuntimeStore(pool),
+    ports: createPortLeaseStore(pool),
     hosts: {
       async get(id: string): Promise<HostRecord | undefined> {
         const r = await pool.query<HostRow>('SELECT * FROM hosts WHERE id = $1', [id]);

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type LogLevel } from '@temporalio/worker';
 import type { EC2Client } from '@aws-sdk/client-ec2';
-import { createActivities } from '../activities/index.js';
+import { createActivities, type ActivityDeps } from '../activities/index.js';
 import { HostShells } from '../activities/host-shell.js';
 import { createEc2Client } from '../lib/aws.js';
 import { loadConfig, type Config } from '../lib/config.js';
@@ -18,11 +18,7 @@ export function workflowsPath(): string {
   return fileURLToPath(new URL(`../workflows/index${ext}`, import.meta.url));
 }
 
-export interface WorkerDeps {
-  store: Store;
-  shells: HostShells;
-  ec2: Pick<EC2Client, 'send'>;
-}
+export type WorkerDeps = ActivityDeps;
 
 /** Builds a worker from injected clients: the entry point below and the tests share this. */
 export async function createWorker(opts: {
@@ -76,7 +72,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
       connection,
       namespace: config.temporal.namespace,
       taskQueue: config.temporal.taskQueue,
-      deps: { store: createStore(pool), shells, ec2 },
+      deps: { store: createStore(pool), shells, ec2, environment: config.environment },
       workflowBundlePath: bundle,
     });
     log.info({ taskQueue: config.temporal.taskQueue, namespace: config.temporal.namespace }, 'worker polling');

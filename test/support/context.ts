@@ -4,7 +4,10 @@ import { after, before } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import pg from 'pg';
+import { join } from 'node:path';
 import { HostShells } from '../../activities/host-shell.js';
+import { probeHostFacts } from '../../activities/hosts.js';
+import type { UserEnvironmentConfig } from '../../activities/user-environment.js';
 import { createEc2Client } from '../../lib/aws.js';
 import { createPool } from '../../lib/db.js';
 import { createStore, type Store } from '../../lib/store.js';
@@ -84,9 +87,14 @@ export function connectionTo(h: NamespaceHostInfo): HostConnection {
   return { hostId: h.hostId, kind: 'ec2', address: h.address, sshPort: h.sshPort, sshUser: h.sshUser, hostKey: h.hostKey };
 }
 
+/**
+ * Shells as the worker has them: `base` is this machine, its podman on the run's own storage (so the
+ * run's containers go with the run), every other host over ssh2.
+ */
 export function testShells(state: HarnessState, opts: { commandTimeoutMs?: number; connectTimeoutMs?: number } = {}): HostShells {
   return new HostShells({
     baseHostId: 'base',
+    localEnv: { ...process.env, ...state.baseHost.env },
     sshKeyPath: state.sshKeyPath,
     connectTimeoutMs: opts.connectTimeoutMs ?? 5000,
     commandTimeoutMs: opts.commandTimeoutMs ?? 120_000,
@@ -114,10 +122,22 @@ export function emulatorEc2(state: HarnessState) {
   return createEc2Client({ region: 'ca-central-1', endpoint: state.moto.endpoint, snapshotBucket: 'markco-test' }, emulatorCredentials);
 }
 
+/** Where the test worker puts users' homes and which images it runs (the run's own directory, the built images). */
+export function testEnvironment(state: HarnessState): UserEnvironmentConfig {
+  return { baseHostId: 'base', usersDir: join(state.baseHost.dataDir, 'users'), runtimeImage: state.images.runtime, editorImage: state.images.editor, allowPrivateImports: true };
+}
+
+/** Records this machine as the `base` host of a test database, probed for real (what registerHost does). */
+export async function registerBaseHost(store: Store, shells: HostShells): Promise<void> {
+  const connection = { hostId: 'base', kind: 'base' as const, address: '127.0.0.1' };
+  await store.hosts.upsert({ id: 'base', kind: 'base', address: '127.0.0.1', state: 'booting' });
+  await store.hosts.markReady('base', await probeHostFacts(shells.for(connection)));
+}
+
 /** A worker with the real activities, on a task queue of the test's own, from the run's prebuilt bundle. */
 export async function startTestWorker(
   state: HarnessState,
-  deps: { store: Store; shells: HostShells },
+  deps: { store: Store; shells: HostShells; environment?: UserEnvironmentConfig },
   taskQueue = `test-${randomBytes(4).toString('hex')}`,
 ): Promise<{ worker: Worker; taskQueue: string; connection: NativeConnection }> {
   quietTemporalRuntime();
@@ -126,7 +146,7 @@ export async function startTestWorker(
     connection,
     namespace: state.temporal.namespace,
     taskQueue,
-    deps: { ...deps, ec2: emulatorEc2(state) },
+    deps: { environment: testEnvironment(state), ...deps, ec2: emulatorEc2(state) },
     workflowBundlePath: state.workflowBundlePath,
     shutdownGraceTime: '2s',
   });

@@ -3,3 +3,5 @@ export * from './hosts.js';
 export * from './operations.js';
 export * from './search-attributes.js';
 export * from './messages.js';
+export * from './users.js';
+export * from './user-environment.js';

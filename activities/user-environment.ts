@@ -1,0 +1,455 @@
+/**
+ * Activities that give a user a running runtime and editor: each step checks what exists (rows in
+ * PostgreSQL, containers on the host) and only makes what is missing, so a retry or a second login
+ * never makes a twin.
+ */
+import { ApplicationFailure } from '@temporalio/common';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { posix } from 'node:path';
+import { Agent, request } from 'undici';
+import type { HostRecord, Store } from '../lib/store.js';
+import type { EditorRecord, RuntimeRecord } from '../lib/runtime-store.js';
+import { ErrorType } from '../workflows/contracts/errors.js';
+import type { EditorPlacement, ImportProjectInput, ImportProjectResult, LoginPlan, RuntimePlacement, RuntimeStats } from '../workflows/contracts/user-environment.js';
+import type { Plan } from '../workflows/contracts/users.js';
+import { activitySignal, heartbeat } from './context.js';
+import { HostCommandError, type HostShell, type HostShells } from './host-shell.js';
+import { shellForHost } from './hosts.js';
+import { containerStatusArgs, parseRawStats, rawStatsArgs, removeContainerArgs, runContainerArgs, startContainerArgs } from './podman-commands.js';
+import { homeMarker, starterFiles } from './starter-project.js';
+import {
+  basePathOf,
+  containerUserFor,
+  editorContainerName,
+  editorContainerSpec,
+  planLimits,
+  runtimeContainerName,
+  runtimeContainerSpec,
+} from './user-containers.js';
+
+export interface UserEnvironmentDeps {
+  store: Store;
+  shells: HostShells;
+  environment: UserEnvironmentConfig;
+}
+
+export interface UserEnvironmentConfig {
+  /** The base server: editors live here, and runtimes start here. */
+  baseHostId: string;
+  /** Directory on every host under which each user's home is `<usersDir>/<userId>`. */
+  usersDir: string;
+  runtimeImage: string;
+  editorImage: string;
+  /** Project imports may clone from loopback and private addresses (tests only). */
+  allowPrivateImports: boolean;
+}
+
+function fail(type: ErrorType, message: string): never {
+  throw ApplicationFailure.create({ type, message, nonRetryable: true });
+}
+
+/** Where the worker and editors reach a container published on this host. */
+function publishAddressOf(host: HostRecord): string {
+  if (host.kind === 'base') return '127.0.0.1';
+  if (!host.address) fail(ErrorType.InvalidInput, `host ${host.id} has no address`);
+  return host.address;
+}
+
+type ContainerStatus = 'running' | 'missing' | 'stopped' | 'paused' | 'other';
+
+async function containerStatus(shell: HostShell, name: string): Promise<ContainerStatus> {
+  const r = await shell.run(containerStatusArgs(name), { okExitCodes: [0, 125], timeoutMs: 30_000 });
+  if (r.exitCode === 125) {
+    if (/no such container/i.test(r.stderr)) return 'missing';
+    throw new HostCommandError(shell.hostId, 'podman container inspect', r.exitCode, null, r.stderr, r.stdout);
+  }
+  const status = r.stdout.trim();
+  if (status === 'running') return 'running';
+  if (status === 'paused') return 'paused';
+  if (['exited', 'created', 'stopped', 'configured'].includes(status)) return 'stopped';
+  return 'other';
+}
+
+const portInUse = (err: unknown) => err instanceof HostCommandError && /address already in use|port is already allocated|bind: /i.test(err.stderr);
+const nameInUse = (err: unknown) => err instanceof HostCommandError && /name .* is already in use|already in use by/i.test(err.stderr);
+
+/**
+ * Runs a container unless it exists; starts it if stopped. A port taken by something outside our leases
+ * gets a new lease and the run is retried with it.
+ */
+async function ensureContainer(
+  shell: HostShell,
+  name: string,
+  run: () => string[],
+  onPortTaken: () => Promise<void>,
+): Promise<'existed' | 'started' | 'created'> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const status = await containerStatus(shell, name);
+    if (status === 'running') return 'existed';
+    if (status === 'paused') return 'existed';
+    if (status === 'stopped') {
+      try {
+        await shell.run(startContainerArgs(name), { timeoutMs: 60_000 });
+        return 'started';
+      } catch (err) {
+        if (!portInUse(err)) throw err;
+        await shell.run(removeContainerArgs(name));
+        await onPortTaken();
+        continue;
+      }
+    }
+    if (status === 'other') await shell.run(removeContainerArgs(name));
+    try {
+      await shell.run(run(), { timeoutMs: 120_000 });
+      return 'created';
+    } catch (err) {
+      if (nameInUse(err)) continue;
+      if (!portInUse(err)) throw err;
+      // podman made the container before the bind failed: remove it so the next round starts clean.
+      await shell.run(removeContainerArgs(name));
+      await onPortTaken();
+    }
+  }
+  throw new Error(`container ${name} could not be started after 5 attempts`);
+}
+
+// No keep-alive towards runtimes: CRIU cannot checkpoint a process holding established TCP connections.
+const oneShot = new Agent({ pipelining: 0, connect: { timeout: 3000 } });
+
+async function httpOk(url: string, init: { method?: 'GET' | 'POST'; body?: unknown } = {}): Promise<boolean> {
+  try {
+    const res = await request(url, {
+      method: init.method ?? 'GET',
+      dispatcher: oneShot,
+      headersTimeout: 5000,
+      bodyTimeout: 5000,
+      ...(init.body === undefined ? {} : { body: JSON.stringify(init.body), headers: { 'content-type': 'application/json' } }),
+    });
+    await res.body.text();
+    return res.statusCode >= 200 && res.statusCode < 300;
+  } catch {
+    return false;
+  }
+}
+
+async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<number> {
+  const started = Date.now();
+  let delay = 50;
+  for (;;) {
+    if (await check()) return Date.now() - started;
+    if (Date.now() - started > timeoutMs) throw new Error(`${what} did not answer within ${timeoutMs} ms`);
+    heartbeat({ waitingFor: what, ms: Date.now() - started });
+    if (activitySignal()?.aborted) throw new Error(`cancelled while waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 500);
+  }
+}
+
+const runtimePlacement = (r: RuntimeRecord): RuntimePlacement => ({
+  runtimeId: r.id,
+  hostId: r.hostId!,
+  containerName: r.containerName,
+  port: r.port!,
+  address: r.address!,
+  state: r.state,
+  tier: r.tier,
+  memoryLimitBytes: r.memoryLimitBytes,
+  cpuLimit: r.cpuLimit,
+});
+
+const editorPlacement = (e: EditorRecord, address: string): EditorPlacement => ({
+  editorId: e.id,
+  hostId: e.hostId,
+  containerName: e.containerName,
+  port: e.port!,
+  syncPort: e.syncPort!,
+  address,
+  state: e.state,
+  url: basePathOf(e.userId),
+});
+
+const projectNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** Rejects addresses a user must not make the worker fetch from (loopback, private, link-local). */
+export function isPrivateAddress(ip: string): boolean {
+  if (isIP(ip) === 6) {
+    const v = ip.toLowerCase();
+    if (v === '::1' || v === '::') return true;
+    if (v.startsWith('::ffff:')) return isPrivateAddress(v.slice(7));
+    return /^(fc|fd|fe8|fe9|fea|feb)/.test(v);
+  }
+  const [a = 0, b = 0] = ip.split('.').map(Number);
+  return a === 10 || a === 127 || a === 0 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) || (a === 169 && b === 254) || (a === 100 && b >= 64 && b <= 127);
+}
+
+export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
+  const { store, environment: env } = deps;
+
+  const homeOf = (userId: string) => posix.join(env.usersDir, userId);
+
+  async function readyHost(hostId: string): Promise<{ host: HostRecord; shell: HostShell }> {
+    const found = await shellForHost(deps, hostId);
+    if (found.host.state !== 'ready') throw ApplicationFailure.create({ type: ErrorType.HostUnreachable, message: `host ${hostId} is ${found.host.state}, not ready` });
+    return found;
+  }
+
+  return {
+    /** Who the user is and where their containers go: the host their runtime is on, else the base server. */
+    async planLogin(input: { userId: string; plan?: Plan }): Promise<LoginPlan> {
+      const user = await store.users.get(input.userId);
+      if (!user) fail(ErrorType.NotFound, `user ${input.userId} does not exist`);
+      if (input.plan && input.plan !== user.plan) await store.users.setPlan(user.id, input.plan);
+      const plan = input.plan ?? user.plan;
+      const runtime = await store.runtimes.live(user.id);
+      if (runtime && !['starting', 'running'].includes(runtime.state)) {
+        fail(ErrorType.Conflict, `the runtime of user ${user.id} is ${runtime.state}; another operation owns it`);
+      }
+      const runtimeHostId = runtime?.hostId ?? env.baseHostId;
+      const editorHost = await store.hosts.get(env.baseHostId);
+      if (!editorHost) fail(ErrorType.NotFound, `the base host ${env.baseHostId} is not registered (run the registerHost workflow for it)`);
+      return {
+        user: { id: user.id, name: user.name, email: user.email, plan },
+        runtimeHostId,
+        editorHostId: env.baseHostId,
+        containerUser: containerUserFor(editorHost.facts),
+      };
+    },
+
+    /** Makes the user's home on a host, with the starter project the first time. */
+    async prepareHome(input: { userId: string; hostId: string; uid: number; gid: number }): Promise<{ homeDir: string; initialized: boolean }> {
+      const { shell } = await readyHost(input.hostId);
+      const home = homeOf(input.userId);
+      const owner = `${input.uid}:${input.gid}`;
+      const marker = posix.join(home, homeMarker);
+      const fresh = (await shell.run(['test', '-e', marker], { okExitCodes: [0, 1] })).exitCode === 1;
+      if (!fresh) return { homeDir: home, initialized: false };
+      await shell.run(['mkdir', '-p', home]);
+      for (const [relative, content] of Object.entries(starterFiles)) {
+        const path = posix.join(home, relative);
+        // Never overwrite: a half-finished earlier attempt or a user's own file stays as it is.
+        await shell.run(['sh', '-c', 'mkdir -p "$(dirname "$1")" && if [ ! -e "$1" ]; then cat > "$1"; fi', 'sh', path], { stdin: content });
+      }
+      await shell.run(['sh', '-c', '[ -e "$1/projects" ] || ln -s Projects "$1/projects"', 'sh', home]);
+      await shell.run(['mkdir', '-p', posix.dirname(marker)]);
+      await shell.run(['chown', '-R', owner, home]);
+      await shell.run(['touch', marker]);
+      return { homeDir: home, initialized: true };
+    },
+
+    /** The user's runtime container on its host, recorded first so its port is never given twice. */
+    async ensureRuntime(input: { userId: string; hostId: string; plan: Plan; uid: number; gid: number }): Promise<RuntimePlacement> {
+      const { host, shell } = await readyHost(input.hostId);
+      const address = publishAddressOf(host);
+      const limits = planLimits[input.plan];
+      let row = await store.runtimes.live(input.userId);
+      if (!row) {
+        const port = await store.ports.lease({ hostId: host.id, userId: input.userId, purpose: 'runtime' });
+        row = await store.runtimes.ensure({
+          userId: input.userId,
+          containerName: runtimeContainerName(input.userId),
+          hostId: host.id,
+          port,
+          address,
+          tier: host.kind === 'base' ? 'base' : (host.instanceType ?? host.id),
+          memoryLimitBytes: limits.memoryBytes,
+          cpuLimit: limits.cpus,
+          image: env.runtimeImage,
+        });
+      }
+      if (row.hostId !== host.id) fail(ErrorType.Conflict, `the runtime of user ${input.userId} is on host ${row.hostId}, not ${host.id}`);
+      let current = row;
+      await ensureContainer(
+        shell,
+        current.containerName,
+        () =>
+          runContainerArgs(
+            runtimeContainerSpec({
+              userId: input.userId,
+              image: current.image,
+              homeDir: homeOf(input.userId),
+              user: { uid: input.uid, gid: input.gid },
+              limits: { memoryBytes: current.memoryLimitBytes, cpus: current.cpuLimit },
+              hostPort: current.port!,
+              publishAddress: current.address ?? address,
+            }),
+          ),
+        async () => {
+          const port = await store.ports.lease({ hostId: host.id, userId: input.userId, purpose: 'runtime', avoid: [current.port!] });
+          current = await store.runtimes.update(current.id, { port });
+        },
+      );
+      return runtimePlacement(current);
+    },
+
+    /** Waits for MRP to answer `/capabilities`, then records the runtime as running. */
+    async waitForRuntime(input: { runtimeId: string; address: string; port: number; timeoutMs?: number }): Promise<{ readyMs: number }> {
+      const readyMs = await waitUntil(
+        `the runtime's MRP at ${input.address}:${input.port}`,
+        () => httpOk(`http://${input.address}:${input.port}/mrp/v1/capabilities`),
+        input.timeoutMs ?? 60_000,
+      );
+      const row = await store.runtimes.get(input.runtimeId);
+      if (row?.state === 'starting') await store.runtimes.update(input.runtimeId, { state: 'running' });
+      return { readyMs };
+    },
+
+    /** The user's editor on the base server, pointed at the runtime's current address. */
+    async ensureEditor(input: { userId: string; hostId: string; runtime: RuntimePlacement; uid: number; gid: number; profile: LoginPlan['user'] }): Promise<EditorPlacement> {
+      const { shell } = await readyHost(input.hostId);
+      let row = await store.editors.live(input.userId);
+      if (!row) {
+        const [port, syncPort] = [
+          await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor' }),
+          await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor-sync' }),
+        ];
+        row = await store.editors.ensure({
+          userId: input.userId,
+          runtimeId: input.runtime.runtimeId,
+          containerName: editorContainerName(input.userId),
+          hostId: input.hostId,
+          port,
+          syncPort,
+          runtimeHost: input.runtime.address,
+          runtimePort: input.runtime.port,
+          image: env.editorImage,
+        });
+      }
+      let current = row;
+      const outcome = await ensureContainer(
+        shell,
+        current.containerName,
+        () =>
+          runContainerArgs(
+            editorContainerSpec({
+              userId: input.userId,
+              image: current.image ?? env.editorImage,
+              homeDir: homeOf(input.userId),
+              user: { uid: input.uid, gid: input.gid },
+              port: current.port!,
+              syncPort: current.syncPort!,
+              runtimeHost: input.runtime.address,
+              runtimePort: input.runtime.port,
+              profile: input.profile,
+            }),
+          ),
+        async () => {
+          // With the host network the editor binds its ports itself: both may have been taken.
+          const port = await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor', avoid: [current.port!] });
+          const syncPort = await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor-sync', avoid: [current.syncPort!] });
+          current = await store.editors.update(current.id, { port, syncPort });
+        },
+      );
+      if (outcome === 'created') {
+        current = await store.editors.update(current.id, { runtimeId: input.runtime.runtimeId, runtimeHost: input.runtime.address, runtimePort: input.runtime.port });
+      }
+      return editorPlacement(current, '127.0.0.1');
+    },
+
+    /** Waits for the editor's `/health`, tells it where the runtime is, and opens it to the edge. */
+    async readyEditor(input: { editorId: string; userId: string; address: string; port: number; runtime: RuntimePlacement; timeoutMs?: number }): Promise<{ readyMs: number; repointed: boolean }> {
+      const base = `http://${input.address}:${input.port}`;
+      const readyMs = await waitUntil(`the editor at ${base}`, () => httpOk(`${base}/health`), input.timeoutMs ?? 60_000);
+      const row = await store.editors.live(input.userId);
+      // A restarted container reads its creation-time RUNTIME_* again: tell it the current address every time.
+      const told = await httpOk(`${base}/api/runtime/update-port`, { method: 'POST', body: { port: input.runtime.port, host: input.runtime.address } });
+      if (!told) throw new Error(`the editor at ${base} refused the runtime address ${input.runtime.address}:${input.runtime.port}`);
+      const repointed = row?.runtimeHost !== input.runtime.address || row?.runtimePort !== input.runtime.port;
+      await store.editors.update(input.editorId, {
+        state: 'running',
+        runtimeId: input.runtime.runtimeId,
+        runtimeHost: input.runtime.address,
+        runtimePort: input.runtime.port,
+      });
+      return { readyMs, repointed };
+    },
+
+    /** Removes a runtime that never became healthy, so the next login starts clean. */
+    async discardRuntime(input: { runtimeId: string; reason: string }): Promise<void> {
+      const row = await store.runtimes.get(input.runtimeId);
+      if (!row || row.state === 'stopped' || row.state === 'failed') return;
+      if (row.hostId) {
+        const { shell } = await shellForHost(deps, row.hostId);
+        await shell.run(removeContainerArgs(row.containerName));
+        if (row.port) await store.ports.release({ hostId: row.hostId, port: row.port });
+      }
+      await store.runtimes.update(row.id, { state: 'failed' });
+      await store.events.append({ type: 'runtime.discarded', source: 'worker', userId: row.userId, runtimeId: row.id, hostId: row.hostId, payload: { reason: input.reason.slice(0, 2000) } });
+    },
+
+    async discardEditor(input: { userId: string; reason: string }): Promise<void> {
+      const row = await store.editors.live(input.userId);
+      if (!row || row.state === 'running') return;
+      const { shell } = await shellForHost(deps, row.hostId);
+      await shell.run(removeContainerArgs(row.containerName));
+      await store.editors.update(row.id, { state: 'failed' });
+      for (const port of [row.port, row.syncPort]) if (port) await store.ports.release({ hostId: row.hostId, port });
+    },
+
+    /** Stops and removes the user's runtime container; the editor stays and is re-pointed at the next login. */
+    async removeRuntime(input: { userId: string }): Promise<{ runtimeId: string | null; hostId: string | null }> {
+      const row = await store.runtimes.live(input.userId);
+      if (!row) return { runtimeId: null, hostId: null };
+      if (row.hostId) {
+        const { shell } = await shellForHost(deps, row.hostId);
+        await shell.run(removeContainerArgs(row.containerName), { timeoutMs: 60_000 });
+        if (row.port) await store.ports.release({ hostId: row.hostId, port: row.port });
+      }
+      await store.runtimes.update(row.id, { state: 'stopped' });
+      await store.events.append({ type: 'runtime.stopped', source: 'worker', userId: row.userId, runtimeId: row.id, hostId: row.hostId });
+      return { runtimeId: row.id, hostId: row.hostId };
+    },
+
+    /** Memory and CPU as the host's cgroup reports them right now. */
+    async readRuntimeStats(input: { userId: string }): Promise<RuntimeStats | null> {
+      const row = await store.runtimes.live(input.userId);
+      if (!row?.hostId) return null;
+      const { shell } = await shellForHost(deps, row.hostId);
+      const r = await shell.run(rawStatsArgs(row.containerName), { okExitCodes: [0, 125], timeoutMs: 15_000 });
+      if (r.exitCode !== 0) return null;
+      return { ...parseRawStats(r.stdout), at: new Date().toISOString() };
+    },
+
+    /** `git clone --depth 1` of a public repository into the user's projects, within a time limit. */
+    async importProject(input: ImportProjectInput & { uid: number; gid: number; hostId: string }): Promise<ImportProjectResult> {
+      let url: URL;
+      try {
+        url = new URL(input.repoUrl);
+      } catch {
+        fail(ErrorType.InvalidInput, `repo_url: ${JSON.stringify(input.repoUrl)} is not a URL`);
+      }
+      if (url.protocol !== 'https:' && url.protocol !== 'http:') fail(ErrorType.InvalidInput, 'repo_url: only http(s) git URLs can be imported');
+      if (url.username || url.password) fail(ErrorType.InvalidInput, 'repo_url: credentials in the URL are not accepted (public repositories only)');
+      const name = input.name ?? posix.basename(url.pathname).replace(/\.git$/, '');
+      if (!projectNamePattern.test(name)) fail(ErrorType.InvalidInput, `name: ${JSON.stringify(name)} is not a valid project name (letters, digits, '.', '_', '-'; at most 64)`);
+      if (!env.allowPrivateImports) {
+        const hostname = url.hostname.replace(/^\[|\]$/g, '');
+        const addresses = isIP(hostname) ? [hostname] : (await lookup(hostname, { all: true }).catch(() => [])).map((a) => a.address);
+        if (addresses.length === 0) fail(ErrorType.InvalidInput, `repo_url: cannot resolve ${hostname}`);
+        if (addresses.some(isPrivateAddress)) fail(ErrorType.InvalidInput, `repo_url: ${hostname} is a private address`);
+      }
+      const { shell } = await readyHost(input.hostId);
+      const projects = posix.join(homeOf(input.userId), 'Projects');
+      const dest = posix.join(projects, name);
+      if ((await shell.run(['test', '-e', dest], { okExitCodes: [0, 1] })).exitCode === 0) fail(ErrorType.Conflict, `a project named ${name} already exists`);
+      const partial = posix.join(projects, `.import-${name}`);
+      await shell.run(['rm', '-rf', partial]);
+      await shell.run(['mkdir', '-p', projects]);
+      const started = Date.now();
+      try {
+        await shell.run(
+          ['env', 'GIT_TERMINAL_PROMPT=0', 'GIT_ASKPASS=/bin/true', 'git', '-c', 'protocol.allow=never', '-c', 'protocol.https.allow=always', '-c', 'protocol.http.allow=always', '-c', 'http.followRedirects=false',
+            'clone', '--depth', '1', '--single-branch', '--no-tags', '--', url.href, partial],
+          { timeoutMs: input.timeoutMs ?? 60_000, ...(activitySignal() ? { signal: activitySignal()! } : {}) },
+        );
+      } catch (err) {
+        await shell.run(['rm', '-rf', partial]).catch(() => undefined);
+        const detail = err instanceof HostCommandError ? err.stderr.trim().split('\n').slice(-2).join(' ') : (err as Error).message;
+        fail(ErrorType.InvalidInput, `cloning ${url.href} failed: ${detail}`);
+      }
+      await shell.run(['chown', '-R', `${input.uid}:${input.gid}`, partial]);
+      await shell.run(['mv', '-T', partial, dest]);
+      return { project: name, path: `Projects/${name}`, url: `${basePathOf(input.userId)}?project=${encodeURIComponent(name)}`, durationMs: Date.now() - started };
+    },
+  };
+}

@@ -1,0 +1,123 @@
+import { randomBytes } from 'node:crypto';
+import { WorkflowFailedError, WorkflowNotFoundError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure, TemporalFailure } from '@temporalio/common';
+import type { ImportProjectInput, ImportProjectResult, LoginInput, LoginResult, RuntimeStats, StopRuntimeInput, StopRuntimeResult } from '../workflows/contracts/user-environment.js';
+import { workflowIds } from '../workflows/contracts/operations.js';
+import { stepQuery } from '../workflows/contracts/messages.js';
+
+/**
+ * How the edge (and scripts) start lifecycle operations and report on them. An operation id names one
+ * workflow run: `<workflowId>~<runId>`, base64url-encoded so it travels in a URL path segment.
+ */
+export interface OperationState {
+  operation_id: string;
+  workflow_id: string;
+  status: 'running' | 'completed' | 'failed';
+  step: string;
+  result?: unknown;
+  error?: { type: string | null; message: string };
+}
+
+export function encodeOperationId(workflowId: string, runId: string): string {
+  return Buffer.from(`${workflowId}~${runId}`, 'utf8').toString('base64url');
+}
+
+export function decodeOperationId(id: string): { workflowId: string; runId: string } | undefined {
+  if (!/^[A-Za-z0-9_-]{8,400}$/.test(id)) return undefined;
+  const text = Buffer.from(id, 'base64url').toString('utf8');
+  const at = text.lastIndexOf('~');
+  if (at <= 0) return undefined;
+  const [workflowId, runId] = [text.slice(0, at), text.slice(at + 1)];
+  return /^[0-9a-f-]{36}$/.test(runId) ? { workflowId, runId } : undefined;
+}
+
+/** The innermost failure: the activity's own type and message, not "Activity task failed". */
+function rootFailure(err: unknown): { type: string | null; message: string } {
+  let e: unknown = err;
+  let type: string | null = null;
+  while (e) {
+    if (e instanceof ApplicationFailure && e.type) type = e.type;
+    const cause = (e as { cause?: unknown }).cause;
+    if (!cause) break;
+    e = cause;
+  }
+  return { type, message: e instanceof Error ? e.message : String(e) };
+}
+
+export function createOperations(client: Client, taskQueue: string) {
+  const start = async <A, R>(type: string, workflowId: string, args: A, joinRunning: boolean) => {
+    const handle = await client.workflow.start<(input: A) => Promise<R>>(type, {
+      workflowId,
+      taskQueue,
+      args: [args],
+      // A second login while one runs joins it; nothing else should run twice for a user.
+      workflowIdConflictPolicy: joinRunning ? 'USE_EXISTING' : 'FAIL',
+    });
+    return { handle, operationId: encodeOperationId(workflowId, handle.firstExecutionRunId) };
+  };
+
+  return {
+    startLogin: (input: LoginInput) => start<LoginInput, LoginResult>('login', workflowIds.login(input.userId), input, true),
+    startStopRuntime: (input: StopRuntimeInput) => start<StopRuntimeInput, StopRuntimeResult>('stopRuntime', workflowIds.stopRuntime(input.userId), input, true),
+    startImportProject: (input: ImportProjectInput) =>
+      start<ImportProjectInput, ImportProjectResult>('importProject', workflowIds.importProject(input.userId, input.name ?? randomBytes(4).toString('hex')), input, false),
+
+    async runtimeStats(userId: string): Promise<RuntimeStats | null> {
+      return client.workflow.execute<(input: { userId: string }) => Promise<RuntimeStats | null>>('runtimeStats', {
+        workflowId: workflowIds.runtimeStats(userId, randomBytes(6).toString('hex')),
+        taskQueue,
+        args: [{ userId }],
+        workflowExecutionTimeout: '30s',
+      });
+    },
+
+    /** The operation's state; with waitMs, waits up to that long for it to finish first. */
+    async describe(operationId: string, opts: { waitMs?: number } = {}): Promise<OperationState | undefined> {
+      const ids = decodeOperationId(operationId);
+      if (!ids) return undefined;
+      const handle: WorkflowHandle = client.workflow.getHandle(ids.workflowId, ids.runId);
+      const base = { operation_id: operationId, workflow_id: ids.workflowId };
+      if (opts.waitMs && opts.waitMs > 0) {
+        const settled = await Promise.race([
+          handle.result().then(
+            (result) => ({ status: 'completed' as const, result }),
+            (err: unknown) => (err instanceof WorkflowNotFoundError ? undefined : { status: 'failed' as const, error: rootFailure(err instanceof WorkflowFailedError ? err.cause : err) }),
+          ),
+          new Promise<null>((r) => setTimeout(() => r(null), opts.waitMs).unref()),
+        ]);
+        if (settled === undefined) return undefined;
+        if (settled) return { ...base, step: settled.status === 'completed' ? 'done' : 'failed', ...settled };
+      }
+      let description;
+      try {
+        description = await handle.describe();
+      } catch (err) {
+        if (err instanceof WorkflowNotFoundError) return undefined;
+        throw err;
+      }
+      const status = description.status.name;
+      if (status === 'RUNNING') {
+        const step = await handle.query(stepQuery).catch(() => 'waiting for a worker');
+        return { ...base, status: 'running', step };
+      }
+      if (status === 'COMPLETED') return { ...base, status: 'completed', step: 'done', result: await handle.result() };
+      try {
+        await handle.result();
+      } catch (err) {
+        const cause = err instanceof WorkflowFailedError ? err.cause : err;
+        return { ...base, status: 'failed', step: 'failed', error: cause instanceof TemporalFailure || cause instanceof Error ? rootFailure(cause) : { type: null, message: String(cause) } };
+      }
+      return { ...base, status: 'failed', step: 'failed', error: { type: null, message: `workflow ${status.toLowerCase()}` } };
+    },
+
+    /** Who an operation belongs to (its MarkcoUserId search attribute), for authorising its owner. */
+    async ownerOf(operationId: string): Promise<string | undefined> {
+      const ids = decodeOperationId(operationId);
+      if (!ids) return undefined;
+      const m = /^user\/([0-9a-f-]{36})\//.exec(ids.workflowId);
+      return m?.[1];
+    },
+  };
+}
+
+export type Operations = ReturnType<typeof createOperations>;
