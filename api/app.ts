@@ -1,10 +1,17 @@
 import Fastify, { type FastifyServerOptions } from 'fastify';
 import type { Logger } from '../lib/logger.js';
+import type { PlatformDeps } from './platform.js';
 import errors from './plugins/errors.js';
+import { computeRoutes } from './routes/compute.js';
 import { healthRoutes, type HealthChecks } from './routes/health.js';
+import { projectRoutes } from './routes/projects.js';
+import { sessionRoutes } from './routes/session.js';
+import { userProxyRoutes, userProxyUpgrade } from './routes/user-proxy.js';
 
 export interface AppDeps {
   health: HealthChecks;
+  /** Users, sessions, operations and the proxy; absent in tests of the health route alone. */
+  platform?: PlatformDeps;
 }
 
 /** The edge as a factory: no listen, no environment reads; tests inject, the server listens. */
@@ -22,5 +29,21 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
   });
   app.register(errors);
   app.register(healthRoutes(deps.health));
+  if (deps.platform) {
+    const platform = deps.platform;
+    // HTML forms (sign out) post urlencoded bodies; they are small and read as plain fields.
+    app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 16 * 1024 }, (_req, body, done) => {
+      done(null, Object.fromEntries(new URLSearchParams(body as string)));
+    });
+    app.register(sessionRoutes(platform));
+    app.register(computeRoutes(platform));
+    app.register(projectRoutes(platform));
+    app.register(userProxyRoutes(platform));
+    app.server.on('upgrade', userProxyUpgrade(platform, app.log));
+    // Upgraded sockets are no longer the HTTP server's: cut them first, or closing would wait on them.
+    app.addHook('preClose', async () => {
+      platform.tunnels.closeEverything();
+    });
+  }
   return app;
 }

@@ -1,11 +1,17 @@
 import { pathToFileURL } from 'node:url';
 import closeWithGrace from 'close-with-grace';
-import { Connection } from '@temporalio/client';
+import { Client, Connection } from '@temporalio/client';
 import proto from '@temporalio/proto';
 import { loadConfig, type Config } from '../lib/config.js';
 import { createPool, pingDatabase, type Pool } from '../lib/db.js';
 import { createLogger, type Logger } from '../lib/logger.js';
+import { createOperations } from '../lib/operations.js';
+import { createStore } from '../lib/store.js';
 import { buildApp } from './app.js';
+import { createAuth, secureCookiesFor } from './auth.js';
+import type { PlatformDeps } from './platform.js';
+import { createUpstreamAgent, TunnelRegistry } from './proxy/forward.js';
+import { createRouteTable } from './route-table.js';
 import type { HealthChecks } from './routes/health.js';
 
 const { TaskQueueType } = proto.temporal.api.enums.v1;
@@ -34,17 +40,60 @@ export function stackHealthChecks(deps: { pool: Pool; temporal: Connection; name
   };
 }
 
+/** The edge's platform parts from its clients: the server below and the tests build it the same way. */
+export async function createPlatform(opts: {
+  pool: Pool;
+  databaseUrl: string;
+  temporal: Connection;
+  namespace: string;
+  taskQueue: string;
+  http: Pick<Config['http'], 'adminToken' | 'publicUrl' | 'devLogin'>;
+  log: Logger;
+}): Promise<{ platform: PlatformDeps; close: () => Promise<void> }> {
+  const store = createStore(opts.pool);
+  const routes = createRouteTable({ pool: opts.pool, databaseUrl: opts.databaseUrl, log: opts.log });
+  await routes.start();
+  const platform: PlatformDeps = {
+    store,
+    auth: createAuth({ sessions: store.sessions, adminToken: opts.http.adminToken, secureCookies: secureCookiesFor(opts.http.publicUrl) }),
+    operations: createOperations(new Client({ connection: opts.temporal, namespace: opts.namespace }), opts.taskQueue),
+    routes,
+    devLogin: opts.http.devLogin,
+    adminConfigured: opts.http.adminToken !== undefined,
+    upstreamAgent: createUpstreamAgent(),
+    tunnels: new TunnelRegistry(),
+  };
+  return {
+    platform,
+    close: async () => {
+      platform.tunnels.closeEverything();
+      await routes.close();
+      platform.upstreamAgent.destroy();
+    },
+  };
+}
+
 export async function startEdge(config: Config, log: Logger) {
   if (!config.database.url) throw new Error('the edge needs DATABASE_URL (the main command sets it for the embedded database)');
   if (!config.temporal.address) throw new Error('the edge needs TEMPORAL_ADDRESS (the main command sets it for the dev server)');
   const pool = createPool(config.database.url, { application: 'markco-edge' });
   // Lazy: the edge starts (and reports Temporal as down) even while Temporal is unreachable.
   const temporal = Connection.lazy({ address: config.temporal.address });
+  const { platform, close } = await createPlatform({
+    pool,
+    databaseUrl: config.database.url,
+    temporal,
+    namespace: config.temporal.namespace,
+    taskQueue: config.temporal.taskQueue,
+    http: config.http,
+    log,
+  });
   const app = buildApp(
-    { health: stackHealthChecks({ pool, temporal, namespace: config.temporal.namespace, taskQueue: config.temporal.taskQueue }) },
+    { health: stackHealthChecks({ pool, temporal, namespace: config.temporal.namespace, taskQueue: config.temporal.taskQueue }), platform },
     { logger: log },
   );
   app.addHook('onClose', async () => {
+    await close();
     await pool.end();
     await temporal.close();
   });

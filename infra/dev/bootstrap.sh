@@ -39,7 +39,7 @@ APT_UPDATED=0
 apt_update_once() { [ $APT_UPDATED = 1 ] || { log "apt-get update"; apt-get update -qq; APT_UPDATED=1; }; }
 
 # --- 1. Debian/Ubuntu packages -------------------------------------------------------------------
-APT_PACKAGES=(podman runc openssh-server openssh-client debootstrap iproute2 iptables python3 python3-venv
+APT_PACKAGES=(podman runc openssh-server openssh-client debootstrap iproute2 iptables python3 python3-venv git
   ca-certificates curl xz-utils util-linux procps psmisc tar zstd)
 if ! skipped apt; then
   missing=()

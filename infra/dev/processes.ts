@@ -2,17 +2,16 @@ import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Polls `probe` until it resolves; the error names what never came up and the last reason. */
-export async function waitFor(
+export async function waitFor<T>(
   what: string,
-  probe: () => Promise<unknown>,
+  probe: () => Promise<T>,
   opts: { timeoutMs: number; intervalMs?: number; fatal?: () => boolean },
-): Promise<void> {
+): Promise<T> {
   const deadline = Date.now() + opts.timeoutMs;
   let last: unknown;
   for (;;) {
     try {
-      await probe();
-      return;
+      return await probe();
     } catch (err) {
       last = err;
       if (opts.fatal?.()) break;

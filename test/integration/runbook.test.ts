@@ -6,6 +6,7 @@ import type { Worker } from '@temporalio/worker';
 import type { HostShells } from '../../activities/host-shell.js';
 import { resolveTemporalCli } from '../../infra/dev/prerequisites.js';
 import { defaultToolsDir } from '../../lib/paths.js';
+import { hostEnvShell } from '../support/netns.js';
 import { freshDatabase, startTestWorker, testShells, useHarness, type TestDatabase } from '../support/context.js';
 import { runbookCommands, shellWords } from '../support/runbook.js';
 
@@ -59,5 +60,24 @@ describe('docs/runbook.md', () => {
     assert.match(listed, /host\/base\/register/, 'the workflow is found by its search attribute');
     const row = await db.store.hosts.get('base');
     assert.equal(row?.state, 'ready');
+  });
+
+  test('login, stopRuntime and runtimeStats: the runbook lines bring a user up, read them and stop the runtime', async () => {
+    const userId = '00000000-0000-4000-8000-000000000042';
+    await db.pool.query(`INSERT INTO users (id, email, username) VALUES ($1, 'runbook@example.test', 'runbook')`, [userId]);
+    try {
+      await cli(find(/^temporal workflow start .*--type login .*--id-conflict-policy UseExisting/));
+      const result = await cli(find(/^temporal workflow result --workflow-id user\/[0-9a-f-]+\/login$/));
+      assert.match(result, /"url":\s*"\/u\/00000000-0000-4000-8000-000000000042\/"/);
+      assert.match(await cli(find(/^temporal workflow query --workflow-id user\/[0-9a-f-]+\/login --type step$/)), /done/);
+      assert.match(await cli(find(/^temporal workflow list --query 'MarkcoOperation="login" AND MarkcoUserId=/)), /user\/00000000-0000-4000-8000-000000000042\/login/);
+      assert.equal((await db.store.runtimes.live(userId))?.state, 'running');
+      assert.match(await cli(find(/^temporal workflow execute .*--type runtimeStats/)), /memoryUsedBytes/);
+      await cli(find(/^temporal workflow start .*--type stopRuntime/));
+      await cli(find(/^temporal workflow result --workflow-id user\/[0-9a-f-]+\/stop-runtime$/));
+      assert.equal(await db.store.runtimes.live(userId), undefined);
+    } finally {
+      await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] });
+    }
   });
 });

@@ -37,8 +37,8 @@ async function mrp(port: number, path: string, body?: unknown): Promise<Record<s
   return (await res.body.json()) as Record<string, unknown>;
 }
 
-function waitForMrp(port: number): Promise<void> {
-  return waitFor(`MRP on port ${port}`, () => mrp(port, 'capabilities'), { timeoutMs: 30_000, intervalMs: 200 });
+async function waitForMrp(port: number): Promise<void> {
+  await waitFor(`MRP on port ${port}`, () => mrp(port, 'capabilities'), { timeoutMs: 30_000, intervalMs: 200 });
 }
 
 describe('runtime image', () => {

@@ -1,0 +1,128 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Accounts, UserRecord } from '../lib/accounts.js';
+
+/**
+ * Who is asking: a browser session (cookie), an API client holding a session token (Bearer), or an
+ * operator or machine holding MARKCO_ADMIN_TOKEN (Bearer, /api/* only). One module, used by routes and by
+ * the WebSocket upgrade handler alike, so no path is authorised differently from another.
+ */
+export const sessionCookie = 'markco_session';
+
+export interface AuthConfig {
+  sessions: Accounts['sessions'];
+  adminToken: string | undefined;
+  /** Secure cookies except on plain-HTTP localhost (browsers drop Secure cookies there). */
+  secureCookies: boolean;
+}
+
+/** Resolved sessions are reused briefly: the proxy authorises every request, and most come in bursts. */
+const sessionCacheMs = 5_000;
+const sessionCacheMax = 10_000;
+
+function bearerOf(headers: IncomingHttpHeaders): string | undefined {
+  const h = headers.authorization;
+  return h && /^Bearer\s+/i.test(h) ? h.replace(/^Bearer\s+/i, '').trim() : undefined;
+}
+
+/** Our cookie's value from a Cookie header (the token is base64url: no quoting or decoding needed). */
+function cookieValue(header: string, name: string): string | undefined {
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || undefined;
+  }
+  return undefined;
+}
+
+export function sessionTokenOf(headers: IncomingHttpHeaders): string | undefined {
+  const fromCookie = headers.cookie ? cookieValue(headers.cookie, sessionCookie) : undefined;
+  return fromCookie ?? bearerOf(headers);
+}
+
+export function secureCookiesFor(publicUrl: string): boolean {
+  const url = new URL(publicUrl);
+  return !(url.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname));
+}
+
+export function createAuth(config: AuthConfig) {
+  const cache = new Map<string, { user: UserRecord; until: number }>();
+  const adminDigest = config.adminToken ? createHash('sha256').update(config.adminToken).digest() : undefined;
+
+  return {
+    /** The signed-in user, or undefined. */
+    async userOf(headers: IncomingHttpHeaders): Promise<UserRecord | undefined> {
+      const token = sessionTokenOf(headers);
+      if (!token) return undefined;
+      const hit = cache.get(token);
+      if (hit && hit.until > Date.now()) return hit.user;
+      const found = await config.sessions.resolve(token);
+      if (!found) {
+        cache.delete(token);
+        return undefined;
+      }
+      if (cache.size >= sessionCacheMax) cache.clear();
+      cache.set(token, { user: found.user, until: Date.now() + sessionCacheMs });
+      return found.user;
+    },
+
+    /** Whether the request carries the operators' admin token (compared in constant time). */
+    isOperator(headers: IncomingHttpHeaders): boolean {
+      const token = bearerOf(headers);
+      if (!token || !adminDigest) return false;
+      return timingSafeEqual(createHash('sha256').update(token).digest(), adminDigest);
+    },
+
+    forget(token: string): void {
+      cache.delete(token);
+    },
+
+    cookie(token: string, expiresAt: Date): string {
+      const maxAge = Math.max(0, Math.floor((expiresAt.getTime() - Date.now()) / 1000));
+      return `${sessionCookie}=${token}; Path=/; Max-Age=${maxAge}; HttpOnly; SameSite=Lax${config.secureCookies ? '; Secure' : ''}`;
+    },
+
+    clearedCookie(): string {
+      return `${sessionCookie}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax${config.secureCookies ? '; Secure' : ''}`;
+    },
+  };
+}
+
+export type Auth = ReturnType<typeof createAuth>;
+
+/** Pages get HTML answers (redirects, pages); API clients and scripts get JSON. */
+export function wantsHtml(req: FastifyRequest | { headers: IncomingHttpHeaders; url?: string }): boolean {
+  const accept = req.headers.accept ?? '';
+  if (req.headers['x-requested-with']) return false;
+  if ((req.url ?? '').startsWith('/api/')) return false;
+  return /text\/html/.test(accept) && !/^application\/json/.test(accept);
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    user?: UserRecord;
+  }
+}
+
+/** preHandler: a signed-in user, else the login page for browsers and 401 JSON for API clients. */
+export function requireUser(auth: Auth) {
+  return async (req: FastifyRequest, reply: FastifyReply) => {
+    const user = await auth.userOf(req.headers);
+    if (user) {
+      req.user = user;
+      return;
+    }
+    if (wantsHtml(req)) return reply.redirect(`/login?next=${encodeURIComponent(req.url)}`, 302);
+    return reply.code(401).send({ error: 'unauthenticated', message: 'sign in first: no valid session cookie or bearer token' });
+  };
+}
+
+/** preHandler for operator routes: the admin token, or 401/403 saying which is wrong. */
+export function requireOperator(auth: Auth, configured: boolean) {
+  return async (req: FastifyRequest, reply: FastifyReply) => {
+    if (auth.isOperator(req.headers)) return;
+    if (!configured) return reply.code(401).send({ error: 'unauthenticated', message: 'operator routes need MARKCO_ADMIN_TOKEN to be configured on the edge' });
+    if (!req.headers.authorization) return reply.code(401).send({ error: 'unauthenticated', message: 'send Authorization: Bearer <MARKCO_ADMIN_TOKEN>' });
+    return reply.code(403).send({ error: 'forbidden', message: 'the bearer token is not the operators\' token' });
+  };
+}

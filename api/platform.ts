@@ -1,0 +1,18 @@
+import type { Agent } from 'node:http';
+import type { Operations } from '../lib/operations.js';
+import type { Store } from '../lib/store.js';
+import type { Auth } from './auth.js';
+import type { TunnelRegistry } from './proxy/forward.js';
+import type { RouteTable } from './route-table.js';
+
+/** What the edge's platform routes share: state, identity, operations, and the proxy's plumbing. */
+export interface PlatformDeps {
+  store: Store;
+  auth: Auth;
+  operations: Operations;
+  routes: RouteTable;
+  devLogin: boolean;
+  adminConfigured: boolean;
+  upstreamAgent: Agent;
+  tunnels: TunnelRegistry;
+}

@@ -1,0 +1,93 @@
+import pg from 'pg';
+import type { Logger } from '../lib/logger.js';
+import { routeChannel } from '../lib/runtime-store.js';
+
+/**
+ * Where each user's editor answers, looked up in PostgreSQL and cached per user. Every write to a
+ * user's editor or runtime row sends NOTIFY on `routeChannel`; this table LISTENs and drops that user's
+ * entry, so routing follows a restart or a move at once. While the LISTEN connection is down nothing is
+ * cached (a missed notification must not pin a stale route).
+ */
+export interface EditorUpstream {
+  host: string;
+  port: number;
+  state: string;
+}
+
+const cacheTtlMs = 60_000;
+
+export function createRouteTable(opts: { pool: pg.Pool; databaseUrl: string; log: Logger }) {
+  const cache = new Map<string, { upstream: EditorUpstream | undefined; until: number }>();
+  let listening = false;
+  let listener: pg.Client | undefined;
+  let closed = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+
+  async function listen(delayMs = 0): Promise<void> {
+    if (closed) return;
+    const client = new pg.Client({ connectionString: opts.databaseUrl, application_name: 'markco-edge-routes' });
+    const reconnect = (err?: Error) => {
+      if (listener !== client) return;
+      listening = false;
+      listener = undefined;
+      cache.clear();
+      if (err) opts.log.warn({ err }, 'route notifications lost; reconnecting');
+      client.end().catch(() => undefined);
+      const next = Math.min(Math.max(delayMs * 2, 500), 10_000);
+      retryTimer = setTimeout(() => void listen(next), next);
+      retryTimer.unref();
+    };
+    listener = client;
+    client.on('error', reconnect);
+    client.on('end', () => reconnect());
+    client.on('notification', (msg) => {
+      if (msg.channel === routeChannel && msg.payload) cache.delete(msg.payload);
+    });
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${routeChannel}`);
+      cache.clear();
+      listening = true;
+    } catch (err) {
+      reconnect(err as Error);
+    }
+  }
+
+  return {
+    start: () => listen(),
+
+    async get(userId: string): Promise<EditorUpstream | undefined> {
+      const hit = cache.get(userId);
+      if (hit && hit.until > Date.now()) return hit.upstream;
+      const r = await opts.pool.query<{ port: number | null; state: string; kind: string; address: string | null }>(
+        `SELECT e.port, e.state, h.kind, h.address FROM editors e JOIN hosts h ON h.id = e.host_id
+         WHERE e.user_id = $1 AND e.state NOT IN ('stopped', 'failed')`,
+        [userId],
+      );
+      const row = r.rows[0];
+      // Editors on the base server bind loopback; elsewhere they are reached at the host's address.
+      const upstream = row?.port ? { host: row.kind === 'base' ? '127.0.0.1' : (row.address ?? '127.0.0.1'), port: row.port, state: row.state } : undefined;
+      if (listening) cache.set(userId, { upstream, until: Date.now() + cacheTtlMs });
+      return upstream;
+    },
+
+    invalidate(userId: string): void {
+      cache.delete(userId);
+    },
+
+    get listening(): boolean {
+      return listening;
+    },
+
+    async close(): Promise<void> {
+      closed = true;
+      clearTimeout(retryTimer);
+      const client = listener;
+      listener = undefined;
+      listening = false;
+      await client?.end().catch(() => undefined);
+    },
+  };
+}
+
+export type RouteTable = ReturnType<typeof createRouteTable>;

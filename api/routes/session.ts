@@ -1,0 +1,99 @@
+import type { FastifyPluginAsync, FastifyReply } from 'fastify';
+import { z } from 'zod';
+import type { UserRecord } from '../../lib/accounts.js';
+import { requireUser, sessionTokenOf, wantsHtml } from '../auth.js';
+import { escapeHtml, page } from '../html.js';
+import type { PlatformDeps } from '../platform.js';
+import { parseBody } from '../validation.js';
+
+const DevLoginBody = z.strictObject({
+  email: z.email('expected an email address').max(254),
+  name: z.string().trim().min(1).max(200).optional(),
+});
+
+export function publicUser(u: UserRecord) {
+  return { id: u.id, email: u.email, username: u.username, name: u.name, plan: u.plan };
+}
+
+/** The state the dashboard shows; starts the login workflow when the user's containers are not both running. */
+export async function environmentOf(deps: PlatformDeps, user: UserRecord) {
+  const [runtime, editor] = await Promise.all([deps.store.runtimes.live(user.id), deps.store.editors.live(user.id)]);
+  let operationId: string | undefined;
+  if (runtime?.state !== 'running' || editor?.state !== 'running') {
+    operationId = (await deps.operations.startLogin({ userId: user.id })).operationId;
+  }
+  return {
+    user: publicUser(user),
+    runtime: runtime
+      ? { state: runtime.state, host: runtime.hostId, port: runtime.port, tier: runtime.tier, memory_limit_bytes: runtime.memoryLimitBytes, cpu_limit: runtime.cpuLimit }
+      : { state: 'starting', host: null, port: null, tier: null },
+    editor: { state: editor?.state ?? 'starting', url: `/u/${user.id}/` },
+    ...(operationId ? { operation_id: operationId } : {}),
+  };
+}
+
+function dashboardPage(view: Awaited<ReturnType<typeof environmentOf>>): string {
+  const ready = view.runtime.state === 'running' && view.editor.state === 'running';
+  return page({
+    title: 'Dashboard',
+    refreshSeconds: ready ? undefined : 2,
+    body: `
+<h1>Hello, ${escapeHtml(view.user.name ?? view.user.username)}</h1>
+<p>Signed in as ${escapeHtml(view.user.email)} · plan <b>${escapeHtml(view.user.plan)}</b></p>
+<table>
+  <tr><th>Runtime</th><td>${escapeHtml(view.runtime.state)}${view.runtime.tier ? ` on ${escapeHtml(view.runtime.tier)}` : ''}</td></tr>
+  <tr><th>Editor</th><td>${escapeHtml(view.editor.state)}</td></tr>
+</table>
+<p>${ready ? `<a class="button" href="${escapeHtml(view.editor.url)}">Open editor</a>` : 'Starting your runtime and editor…'}</p>
+<form method="post" action="/logout"><button type="submit">Sign out</button></form>`,
+  });
+}
+
+export function sessionRoutes(deps: PlatformDeps): FastifyPluginAsync {
+  return async (app) => {
+    const signedIn = requireUser(deps.auth);
+
+    app.get('/login', async (req, reply) => {
+      const user = await deps.auth.userOf(req.headers);
+      if (user) return reply.redirect('/dashboard', 302);
+      const devForm = deps.devLogin
+        ? `<form id="dev" onsubmit="event.preventDefault();fetch('/auth/dev/login',{method:'POST',headers:{'content-type':'application/json'},body:JSON.stringify({email:this.email.value})}).then(r=>{if(r.ok)location.href=new URLSearchParams(location.search).get('next')||'/dashboard';else r.json().then(j=>alert(j.message))})">
+  <label>Email <input name="email" type="email" required></label> <button>Development sign-in</button></form>`
+        : '<p>Sign-in providers are not configured on this server.</p>';
+      return reply.type('text/html; charset=utf-8').send(page({ title: 'Sign in', body: `<h1>Sign in to markco</h1>${devForm}` }));
+    });
+
+    if (deps.devLogin) {
+      app.post('/auth/dev/login', async (req, reply) => {
+        const body = parseBody(DevLoginBody, req.body, reply);
+        if (!body) return reply;
+        const { user } = await deps.store.users.ensureByEmail({ email: body.email, name: body.name });
+        const session = await deps.store.sessions.create(user.id, { userAgent: req.headers['user-agent'], ip: req.ip });
+        reply.header('set-cookie', deps.auth.cookie(session.token, session.expiresAt));
+        // The containers start while the browser follows the redirect to the dashboard.
+        const { operationId } = await deps.operations.startLogin({ userId: user.id });
+        return reply.send({ user: publicUser(user), operation_id: operationId });
+      });
+    } else {
+      app.post('/auth/dev/login', async (_req, reply) => reply.code(404).send({ error: 'not found', message: 'the development login is disabled (MARKCO_DEV_LOGIN is not set)' }));
+    }
+
+    app.post('/logout', async (req, reply: FastifyReply) => {
+      const token = sessionTokenOf(req.headers);
+      if (token) {
+        await deps.store.sessions.revoke(token);
+        deps.auth.forget(token);
+      }
+      reply.header('set-cookie', deps.auth.clearedCookie());
+      return wantsHtml(req) || req.headers['content-type']?.startsWith('application/x-www-form-urlencoded') ? reply.redirect('/login', 303) : reply.send({ ok: true });
+    });
+
+    app.get('/', { preHandler: signedIn }, async (_req, reply) => reply.redirect('/dashboard', 302));
+
+    app.get('/dashboard', { preHandler: signedIn }, async (req, reply) => {
+      const view = await environmentOf(deps, req.user!);
+      if (wantsHtml(req)) return reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(dashboardPage(view));
+      return reply.header('cache-control', 'no-store').send(view);
+    });
+  };
+}

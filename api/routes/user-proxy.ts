@@ -1,0 +1,120 @@
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { userIdPattern } from '../../workflows/contracts/users.js';
+import { wantsHtml } from '../auth.js';
+import { escapeHtml, page } from '../html.js';
+import type { PlatformDeps } from '../platform.js';
+import { forwardHttp, forwardUpgrade } from '../proxy/forward.js';
+
+/**
+ * `/u/<userId>/*`: the user's editor, behind the edge. Every request and every WebSocket upgrade is
+ * authorised (the owner only, for now), the prefix is stripped, and bytes stream both ways untouched.
+ * While the editor is not up, a 'starting' answer with a retry hint is given and the login workflow runs.
+ */
+const prefixPattern = /^\/u\/([^/?#]+)(\/[^]*|\?[^]*)?$/;
+
+function splitPath(url: string): { userId: string; rest: string } | undefined {
+  const m = prefixPattern.exec(url);
+  if (!m) return undefined;
+  const rest = m[2] ?? '/';
+  return { userId: decodeURIComponent(m[1]!), rest: rest.startsWith('?') ? `/${rest}` : rest };
+}
+
+const retryAfterSeconds = 2;
+
+function startingAnswer(req: FastifyRequest, reply: FastifyReply, operationId: string | undefined) {
+  reply.code(503).header('retry-after', String(retryAfterSeconds)).header('cache-control', 'no-store');
+  if (wantsHtml(req)) {
+    return reply.type('text/html; charset=utf-8').send(
+      page({
+        title: 'Starting',
+        refreshSeconds: retryAfterSeconds,
+        body: `<h1>Starting your editor…</h1><p>This page reloads by itself in ${retryAfterSeconds} seconds.</p>${operationId ? `<p><small>operation ${escapeHtml(operationId)}</small></p>` : ''}`,
+      }),
+    );
+  }
+  return reply.send({ status: 'starting', message: 'the editor is starting; retry shortly', retry_after: retryAfterSeconds, ...(operationId ? { operation_id: operationId } : {}) });
+}
+
+function forwardedFor(req: IncomingMessage) {
+  return {
+    forwardedFor: req.socket.remoteAddress ?? '',
+    forwardedProto: (req.headers['x-forwarded-proto'] === 'https' ? 'https' : 'http') as 'http' | 'https',
+    ...(req.headers.host ? { forwardedHost: req.headers.host } : {}),
+  };
+}
+
+export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
+  return async (app) => {
+    // Bodies are streamed to the editor as they arrive: nothing here parses or limits them.
+    app.removeAllContentTypeParsers();
+    app.addContentTypeParser('*', (_req, _payload, done) => done(null));
+
+    const handler = async (req: FastifyRequest, reply: FastifyReply) => {
+      const target = splitPath(req.url);
+      if (!target) return reply.code(404).send({ error: 'not found', message: 'expected /u/<userId>/...' });
+      const user = await deps.auth.userOf(req.headers);
+      if (!user) {
+        if (wantsHtml(req)) return reply.redirect(`/login?next=${encodeURIComponent(req.url)}`, 302);
+        return reply.code(401).send({ error: 'unauthenticated', message: 'sign in first: no valid session cookie or bearer token' });
+      }
+      if (!userIdPattern.test(target.userId) || target.userId !== user.id) {
+        return reply.code(403).send({ error: 'forbidden', message: 'this editor belongs to another user' });
+      }
+      if (req.url === `/u/${user.id}`) return reply.redirect(`/u/${user.id}/`, 301);
+      const upstream = await deps.routes.get(user.id);
+      if (!upstream || upstream.state !== 'running') {
+        const { operationId } = await deps.operations.startLogin({ userId: user.id });
+        return startingAnswer(req, reply, operationId);
+      }
+      reply.hijack();
+      const outcome = await forwardHttp(req.raw, reply.raw, { host: upstream.host, port: upstream.port, path: target.rest }, {
+        agent: deps.upstreamAgent,
+        forwardedPrefix: `/u/${user.id}`,
+        ...forwardedFor(req.raw),
+      });
+      if (outcome === 'upstream-error') {
+        // The editor is gone or moved: look it up afresh next time, and let login bring it back.
+        deps.routes.invalidate(user.id);
+        await deps.operations.startLogin({ userId: user.id }).catch((err: unknown) => req.log.warn({ err }, 'could not start login after a proxy failure'));
+      }
+    };
+    app.all('/u/:userId', handler);
+    app.all('/u/:userId/*', handler);
+  };
+}
+
+function refuse(socket: Duplex, status: number, reason: string, message: string): void {
+  const body = JSON.stringify({ error: reason, message });
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/** The server's 'upgrade' listener: the same authorisation as HTTP, then a raw tunnel to the editor. */
+export function userProxyUpgrade(deps: PlatformDeps, log: { warn: (o: object, m: string) => void }) {
+  return (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    socket.on('error', () => undefined);
+    void (async () => {
+      const target = splitPath(req.url ?? '');
+      if (!target) return refuse(socket, 404, 'Not Found', 'WebSockets are served under /u/<userId>/ only');
+      const user = await deps.auth.userOf(req.headers);
+      if (!user) return refuse(socket, 401, 'Unauthorized', 'sign in first: no valid session cookie or bearer token');
+      if (target.userId !== user.id) return refuse(socket, 403, 'Forbidden', 'this editor belongs to another user');
+      const upstream = await deps.routes.get(user.id);
+      if (!upstream || upstream.state !== 'running') {
+        await deps.operations.startLogin({ userId: user.id }).catch(() => undefined);
+        return refuse(socket, 503, 'Service Unavailable', 'the editor is starting; retry shortly');
+      }
+      const outcome = await forwardUpgrade(req, socket, head, { host: upstream.host, port: upstream.port, path: target.rest }, {
+        tunnels: deps.tunnels,
+        key: user.id,
+        forwardedPrefix: `/u/${user.id}`,
+        ...forwardedFor(req),
+      });
+      if (outcome === 'upstream-error') deps.routes.invalidate(user.id);
+    })().catch((err: unknown) => {
+      log.warn({ err }, 'websocket upgrade failed');
+      if (!socket.destroyed) refuse(socket, 500, 'Internal Server Error', 'the upgrade could not be handled');
+    });
+  };
+}
