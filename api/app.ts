@@ -24,6 +24,8 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     keepAliveTimeout: 72_000,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    // Operation ids carry a workflow id and a run id: longer than the router's default 100-character parameter.
+    routerOptions: { maxParamLength: 512 },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
     ...opts.server,
   });

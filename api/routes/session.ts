@@ -18,8 +18,10 @@ export function publicUser(u: UserRecord) {
 /** The state the dashboard shows; starts the login workflow when the user's containers are not both running. */
 export async function environmentOf(deps: PlatformDeps, user: UserRecord) {
   const [runtime, editor] = await Promise.all([deps.store.runtimes.live(user.id), deps.store.editors.live(user.id)]);
+  // The editor counts as ready only once it has been told where the current runtime is.
+  const editorReady = editor?.state === 'running' && runtime !== undefined && editor.runtimePort === runtime.port && editor.runtimeHost === runtime.address;
   let operationId: string | undefined;
-  if (runtime?.state !== 'running' || editor?.state !== 'running') {
+  if (runtime?.state !== 'running' || !editorReady) {
     operationId = (await deps.operations.startLogin({ userId: user.id })).operationId;
   }
   return {
@@ -27,7 +29,7 @@ export async function environmentOf(deps: PlatformDeps, user: UserRecord) {
     runtime: runtime
       ? { state: runtime.state, host: runtime.hostId, port: runtime.port, tier: runtime.tier, memory_limit_bytes: runtime.memoryLimitBytes, cpu_limit: runtime.cpuLimit }
       : { state: 'starting', host: null, port: null, tier: null },
-    editor: { state: editor?.state ?? 'starting', url: `/u/${user.id}/` },
+    editor: { state: editorReady ? 'running' : editor?.state === 'failed' ? 'failed' : 'starting', url: `/u/${user.id}/` },
     ...(operationId ? { operation_id: operationId } : {}),
   };
 }

@@ -170,7 +170,15 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     const pa = new WebsocketProvider(serverUrl, 'Projects/Welcome/01-first-notebook.md', docA, options);
     const pb = new WebsocketProvider(serverUrl, 'Projects/Welcome/01-first-notebook.md', docB, options);
     try {
-      await waitFor('both Yjs clients to sync', async () => assert.ok(pa.synced && pb.synced), { timeoutMs: 15_000, intervalMs: 50 });
+      // A plain throw, not assert.ok: a failing assert.ok parses the test's source to word its message, and
+      // doing that every 50 ms starves the event loop the providers need.
+      await waitFor(
+        'both Yjs clients to sync',
+        async () => {
+          if (!(pa.synced && pb.synced)) throw new Error(`synced: ${pa.synced}, ${pb.synced}`);
+        },
+        { timeoutMs: 15_000, intervalMs: 50 },
+      );
       docA.getText('body').insert(0, 'typed by A');
       await waitFor('the edit to reach B', async () => assert.equal(docB.getText('body').toString(), 'typed by A'), { timeoutMs: 10_000, intervalMs: 50 });
     } finally {
@@ -224,7 +232,7 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     const started = await call('/api/runtimes', { body: { user_id: a.id, plan: 'free' }, headers: admin });
     assert.equal(started.status, 202);
     const op = await call(`/api/operations/${started.json.operation_id}?wait=60`, { headers: admin });
-    assert.equal(op.json.status, 'completed');
+    assert.equal(op.json?.status, 'completed', op.text);
     assert.equal(op.json.result.runtime.port, runtimePort, 'the same runtime: login is idempotent');
     const waited = await call('/api/runtimes?wait=60', { body: { user_id: a.id }, headers: admin });
     assert.equal(waited.status, 200);
@@ -287,7 +295,7 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     const ready = await waitReady(a);
     runtimePort = ready.runtime.port;
     const read = await mrp(a, a.id, 'execute', { code: 'y = 7 * 6\ny' });
-    assert.equal(read.json.result, '42');
+    assert.equal(read.json?.result, '42', read.text);
   });
 
   test('without MARKCO_DEV_LOGIN the development login answers 404', async () => {

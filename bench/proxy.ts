@@ -1,0 +1,67 @@
+import { Pool, request } from 'undici';
+import { median, startEdgeBench } from './edge-setup.js';
+
+/**
+ * The edge's `/u/<id>/` proxy against a direct connection to the same editor, in the same run: small
+ * requests per second (the editor's /health, keep-alive, concurrent clients) and the throughput of a
+ * large answer (a 4 MiB MRP result through the editor's runtime proxy). Prints proxy/direct ratios.
+ *   node --import tsx bench/proxy.ts [SECONDS] [CONNECTIONS]
+ */
+const seconds = Number(process.argv[2] ?? 5);
+const connections = Number(process.argv[3] ?? 16);
+const bench = await startEdgeBench();
+
+async function requestsPerSecond(origin: string, path: string, headers: Record<string, string>): Promise<number> {
+  const pool = new Pool(origin, { connections, pipelining: 1 });
+  const deadline = Date.now() + seconds * 1000;
+  let done = 0;
+  await Promise.all(
+    Array.from({ length: connections }, async () => {
+      while (Date.now() < deadline) {
+        const res = await pool.request({ path, method: 'GET', headers });
+        await res.body.dump();
+        if (res.statusCode !== 200) throw new Error(`${origin}${path} answered ${res.statusCode}`);
+        done++;
+      }
+    }),
+  );
+  await pool.close();
+  return done / seconds;
+}
+
+async function megabytesPerSecond(url: string, headers: Record<string, string>, rounds: number): Promise<number> {
+  const body = JSON.stringify({ code: "'a' * (4 * 1024 * 1024)" });
+  let bytes = 0;
+  const started = performance.now();
+  for (let i = 0; i < rounds; i++) {
+    const res = await request(url, { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body });
+    for await (const chunk of res.body) bytes += chunk.length;
+    if (res.statusCode !== 200) throw new Error(`${url} answered ${res.statusCode}`);
+  }
+  return bytes / 1024 / 1024 / ((performance.now() - started) / 1000);
+}
+
+try {
+  const user = await bench.devLogin('proxy-bench@example.test');
+  await request(`${bench.edge.url}/api/operations/${user.operationId}?wait=120`, { headers: { cookie: user.cookie } }).then((r) => r.body.json());
+  const editor = (await bench.db.store.editors.live(user.id))!;
+  const runtime = (await bench.db.store.runtimes.live(user.id))!;
+  const direct = `http://127.0.0.1:${editor.port}`;
+  const viaEdge = { origin: bench.edge.url, prefix: `/u/${user.id}`, headers: { cookie: user.cookie } };
+
+  const small = { direct: [] as number[], proxy: [] as number[] };
+  const large = { direct: [] as number[], proxy: [] as number[] };
+  for (let round = 0; round < 3; round++) {
+    small.direct.push(await requestsPerSecond(direct, '/health', {}));
+    small.proxy.push(await requestsPerSecond(viaEdge.origin, `${viaEdge.prefix}/health`, viaEdge.headers));
+    large.direct.push(await megabytesPerSecond(`${direct}/proxy/${runtime.port}/mrp/v1/execute`, {}, 5));
+    large.proxy.push(await megabytesPerSecond(`${viaEdge.origin}${viaEdge.prefix}/proxy/${runtime.port}/mrp/v1/execute`, viaEdge.headers, 5));
+  }
+  const line = (name: string, unit: string, d: number[], p: number[]) =>
+    console.log(`  ${name}: direct ${median(d).toFixed(0)} ${unit}, through the edge ${median(p).toFixed(0)} ${unit}, ratio ${(median(p) / median(d)).toFixed(2)}x  (medians of ${d.length})`);
+  console.log(`edge /u/<id>/ proxy vs direct to the editor (${connections} connections, ${seconds} s per small-request run)`);
+  line('small GET /health', 'req/s', small.direct, small.proxy);
+  line('4 MiB MRP result', 'MiB/s', large.direct, large.proxy);
+} finally {
+  await bench.close();
+}
