@@ -184,6 +184,9 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     } finally {
       pa.destroy();
       pb.destroy();
+      // The documents own the providers' awareness timers: without this the test process never exits.
+      docA.destroy();
+      docB.destroy();
     }
   });
 

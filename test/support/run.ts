@@ -58,7 +58,7 @@ async function main(): Promise<number> {
     if (!interrupted) {
       child = spawn(
         process.execPath,
-        ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-force-exit', '--test-timeout=600000', '--test-reporter=spec', ...files],
+        ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=600000', '--test-reporter=spec', ...files],
         { stdio: 'inherit', cwd: repoRoot, env: { ...process.env, ...(harness ? { [harnessStateEnv]: harness.stateFile } : {}) } },
       );
       code = await new Promise<number>((resolve) => child!.on('exit', (c, s) => resolve(c ?? (s ? 128 : 1))));
