@@ -42,13 +42,36 @@ export type UpgradeOutcome = 'opened' | 'refused' | 'upstream-error' | 'client-a
 
 export type TunnelSockets = { client: Duplex; upstream: Duplex };
 
+/** Idle time allowed on a pooled socket when the upstream announces no keep-alive timeout (Node's servers close at 5 s). */
+const DEFAULT_UPSTREAM_IDLE_MS = 4000;
+
 /**
  * Long-lived sockets (long polls, SSE, kernels streaming output) must never be cut by the proxy's own clock,
- * so the agent carries no timeout; LIFO hands out the most recently used socket, which is the one least
- * likely to have been closed by the upstream's idle timer.
+ * so a socket in use carries no timeout. An idle pooled socket, though, is dropped a second before the
+ * upstream's announced keep-alive timeout: otherwise a POST can be written onto a socket the upstream is
+ * closing, and a request with a body cannot be replayed (Node ignores the hint when the agent has no timeout).
+ * LIFO hands out the most recently used socket, the one least likely to be near that deadline.
  */
+class UpstreamAgent extends http.Agent {
+  // @types/node types this as void; Node's agent reads the boolean (false: do not pool the socket).
+  override keepSocketAlive(socket: Duplex): void {
+    const kept = (http.Agent.prototype.keepSocketAlive as (s: Duplex) => boolean).call(this, socket);
+    const res = (socket as Duplex & { _httpMessage?: { res?: IncomingMessage } })._httpMessage?.res;
+    const hint = /timeout=(\d+)/.exec(String(res?.headers['keep-alive'] ?? ''))?.[1];
+    const idleMs = hint === undefined ? DEFAULT_UPSTREAM_IDLE_MS : Number(hint) * 1000 - 1000;
+    if (!kept || idleMs <= 0) return false as never;
+    (socket as net.Socket).setTimeout(idleMs);
+    return true as never;
+  }
+
+  override reuseSocket(socket: Duplex, request: http.ClientRequest): void {
+    (socket as net.Socket).setTimeout(0);
+    super.reuseSocket(socket, request);
+  }
+}
+
 export function createUpstreamAgent(opts: http.AgentOptions = {}): http.Agent {
-  return new http.Agent({
+  return new UpstreamAgent({
     keepAlive: true,
     keepAliveMsecs: 1000,
     maxSockets: 256,
