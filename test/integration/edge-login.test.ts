@@ -301,6 +301,24 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     assert.equal(read.json?.result, '42', read.text);
   });
 
+  test("while a new user's editor comes up, /u/<id>/ answers 'starting' with a retry hint, then the editor", async () => {
+    const c = await devLogin('cleo@example.test');
+    try {
+      const page = await call(`/u/${c.id}/`, { session: c, headers: { accept: 'text/html' } });
+      assert.equal(page.status, 503);
+      assert.equal(page.headers['retry-after'], '2');
+      assert.match(page.text, /Starting your editor/);
+      assert.match(page.text, /http-equiv="refresh"/);
+      const api = await call(`/u/${c.id}/api/runtime`, { session: c, headers: { accept: 'application/json' } });
+      assert.equal(api.status, 503);
+      assert.equal(api.json.status, 'starting');
+      await waitReady(c);
+      assert.equal((await call(`/u/${c.id}/health`, { session: c })).status, 200);
+    } finally {
+      await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${c.id}`, `ed-${c.id}`], { okExitCodes: [0, 1] }).catch(() => undefined);
+    }
+  });
+
   test('without MARKCO_DEV_LOGIN the development login answers 404', async () => {
     const closed = await startTestEdge(h.state, db, worker.taskQueue, { devLogin: false });
     try {
