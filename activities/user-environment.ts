@@ -83,9 +83,11 @@ async function ensureContainer(
   name: string,
   run: () => string[],
   onPortTaken: () => Promise<void>,
+  /** The row was just made, so the container almost surely does not exist: run first, look only if refused. */
+  probablyMissing = false,
 ): Promise<'existed' | 'started' | 'created'> {
   for (let attempt = 0; attempt < 5; attempt++) {
-    const status = await containerStatus(shell, name);
+    const status = attempt === 0 && probablyMissing ? 'missing' : await containerStatus(shell, name);
     if (status === 'running') return 'existed';
     if (status === 'paused') return 'existed';
     if (status === 'stopped') {
@@ -169,6 +171,26 @@ const editorPlacement = (e: EditorRecord, address: string): EditorPlacement => (
   url: basePathOf(e.userId),
 });
 
+/**
+ * Makes a home once: the starter files (never overwriting a file that exists, from a half-finished earlier
+ * attempt or the user), the `projects` link, ownership by the container user, then the marker.
+ * Arguments: home, uid:gid, marker, then path and base64 content pairs.
+ */
+const prepareHomeScript = `set -eu
+home=$1; owner=$2; marker=$3; shift 3
+if [ -e "$marker" ]; then echo existing; exit 0; fi
+mkdir -p "$home"
+while [ $# -gt 1 ]; do
+  mkdir -p "$(dirname "$1")"
+  [ -e "$1" ] || printf '%s' "$2" | base64 -d > "$1"
+  shift 2
+done
+[ -e "$home/projects" ] || [ -L "$home/projects" ] || ln -s Projects "$home/projects"
+mkdir -p "$(dirname "$marker")"
+chown -R "$owner" "$home"
+touch "$marker"
+echo initialized`;
+
 const projectNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /** Rejects addresses a user must not make the worker fetch from (loopback, private, link-local). */
@@ -220,21 +242,11 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     async prepareHome(input: { userId: string; hostId: string; uid: number; gid: number }): Promise<{ homeDir: string; initialized: boolean }> {
       const { shell } = await readyHost(input.hostId);
       const home = homeOf(input.userId);
-      const owner = `${input.uid}:${input.gid}`;
       const marker = posix.join(home, homeMarker);
-      const fresh = (await shell.run(['test', '-e', marker], { okExitCodes: [0, 1] })).exitCode === 1;
-      if (!fresh) return { homeDir: home, initialized: false };
-      await shell.run(['mkdir', '-p', home]);
-      for (const [relative, content] of Object.entries(starterFiles)) {
-        const path = posix.join(home, relative);
-        // Never overwrite: a half-finished earlier attempt or a user's own file stays as it is.
-        await shell.run(['sh', '-c', 'mkdir -p "$(dirname "$1")" && if [ ! -e "$1" ]; then cat > "$1"; fi', 'sh', path], { stdin: content });
-      }
-      await shell.run(['sh', '-c', '[ -e "$1/projects" ] || ln -s Projects "$1/projects"', 'sh', home]);
-      await shell.run(['mkdir', '-p', posix.dirname(marker)]);
-      await shell.run(['chown', '-R', owner, home]);
-      await shell.run(['touch', marker]);
-      return { homeDir: home, initialized: true };
+      const files = Object.entries(starterFiles).flatMap(([relative, content]) => [posix.join(home, relative), Buffer.from(content).toString('base64')]);
+      // One command on the host, warm or cold: a first login is not eight round trips.
+      const r = await shell.run(['sh', '-c', prepareHomeScript, 'sh', home, `${input.uid}:${input.gid}`, marker, ...files]);
+      return { homeDir: home, initialized: r.stdout.trim() === 'initialized' };
     },
 
     /** The user's runtime container on its host, recorded first so its port is never given twice. */
@@ -243,9 +255,10 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
       const address = publishAddressOf(host);
       const limits = planLimits[input.plan];
       let row = await store.runtimes.live(input.userId);
+      let created = false;
       if (!row) {
         const port = await store.ports.lease({ hostId: host.id, userId: input.userId, purpose: 'runtime' });
-        row = await store.runtimes.ensure({
+        const made = await store.runtimes.ensure({
           userId: input.userId,
           containerName: runtimeContainerName(input.userId),
           hostId: host.id,
@@ -256,6 +269,8 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
           cpuLimit: limits.cpus,
           image: env.runtimeImage,
         });
+        created = made.created;
+        row = made;
       }
       if (row.hostId !== host.id) fail(ErrorType.Conflict, `the runtime of user ${input.userId} is on host ${row.hostId}, not ${host.id}`);
       let current = row;
@@ -278,6 +293,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
           const port = await store.ports.lease({ hostId: host.id, userId: input.userId, purpose: 'runtime', avoid: [current.port!] });
           current = await store.runtimes.update(current.id, { port });
         },
+        created,
       );
       return runtimePlacement(current);
     },
@@ -298,12 +314,13 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     async ensureEditor(input: { userId: string; hostId: string; runtime: RuntimePlacement; uid: number; gid: number; profile: LoginPlan['user'] }): Promise<EditorPlacement> {
       const { shell } = await readyHost(input.hostId);
       let row = await store.editors.live(input.userId);
+      let created = false;
       if (!row) {
         const [port, syncPort] = [
           await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor' }),
           await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor-sync' }),
         ];
-        row = await store.editors.ensure({
+        const made = await store.editors.ensure({
           userId: input.userId,
           runtimeId: input.runtime.runtimeId,
           containerName: editorContainerName(input.userId),
@@ -314,6 +331,8 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
           runtimePort: input.runtime.port,
           image: env.editorImage,
         });
+        created = made.created;
+        row = made;
       }
       let current = row;
       const outcome = await ensureContainer(
@@ -339,6 +358,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
           const syncPort = await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor-sync', avoid: [current.syncPort!] });
           current = await store.editors.update(current.id, { port, syncPort });
         },
+        created,
       );
       if (outcome === 'created') {
         current = await store.editors.update(current.id, { runtimeId: input.runtime.runtimeId, runtimeHost: input.runtime.address, runtimePort: input.runtime.port });

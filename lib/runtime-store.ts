@@ -136,8 +136,8 @@ export function createRuntimeStore(pool: pg.Pool) {
         memoryLimitBytes: number;
         cpuLimit: number;
         image: string;
-      }): Promise<RuntimeRecord> {
-        await pool.query(
+      }): Promise<RuntimeRecord & { created: boolean }> {
+        const inserted = await pool.query(
           `INSERT INTO runtimes (user_id, kind, container_name, host_id, port, address, state, tier, memory_limit_bytes, cpu_limit, image)
            VALUES ($1, 'user', $2, $3, $4, $5, 'starting', $6, $7, $8, $9)
            ON CONFLICT (user_id) WHERE kind = 'user' AND ${notDead} DO NOTHING`,
@@ -145,7 +145,7 @@ export function createRuntimeStore(pool: pg.Pool) {
         );
         const live = await this.live(input.userId);
         if (!live) throw new Error(`runtime of user ${input.userId} was not recorded`);
-        return live;
+        return { ...live, created: inserted.rowCount === 1 };
       },
 
       async update(id: string, patch: { state?: RuntimeState; port?: number; address?: string }): Promise<RuntimeRecord> {
@@ -176,8 +176,8 @@ export function createRuntimeStore(pool: pg.Pool) {
         runtimeHost: string;
         runtimePort: number;
         image: string;
-      }): Promise<EditorRecord> {
-        await pool.query(
+      }): Promise<EditorRecord & { created: boolean }> {
+        const inserted = await pool.query(
           `INSERT INTO editors (user_id, runtime_id, container_name, host_id, port, sync_port, runtime_host, runtime_port, image, state)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'starting')
            ON CONFLICT (user_id) WHERE ${notDead} DO NOTHING`,
@@ -185,7 +185,7 @@ export function createRuntimeStore(pool: pg.Pool) {
         );
         const live = await this.live(input.userId);
         if (!live) throw new Error(`editor of user ${input.userId} was not recorded`);
-        return live;
+        return { ...live, created: inserted.rowCount === 1 };
       },
 
       async update(

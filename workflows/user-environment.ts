@@ -69,12 +69,22 @@ export async function login(input: LoginInput): Promise<LoginResult> {
     const homes = await Promise.all(hostsOfUser.map((hostId) => onHost.prepareHome({ userId: input.userId, hostId, uid, gid })));
     step = 'start-runtime';
     runtime = await onHost.ensureRuntime({ userId: input.userId, hostId: plan.runtimeHostId, plan: plan.user.plan, uid, gid });
-    step = 'wait-runtime';
-    const runtimeReady = await waiting.waitForRuntime({ runtimeId: runtime.runtimeId, address: runtime.address, port: runtime.port });
-    runtimeHealthy = true;
+    // The editor starts while the runtime boots; both settle before anything else happens, so a
+    // compensation never races a step still running.
     step = 'start-editor';
     editorMade = true;
-    const editor = await onHost.ensureEditor({ userId: input.userId, hostId: plan.editorHostId, runtime, uid, gid, profile: plan.user });
+    const [runtimeWait, editorStart] = await Promise.allSettled([
+      waiting.waitForRuntime({ runtimeId: runtime.runtimeId, address: runtime.address, port: runtime.port }),
+      onHost.ensureEditor({ userId: input.userId, hostId: plan.editorHostId, runtime, uid, gid, profile: plan.user }),
+    ]);
+    if (runtimeWait.status === 'rejected') {
+      step = 'wait-runtime';
+      throw runtimeWait.reason;
+    }
+    runtimeHealthy = true;
+    const runtimeReady = runtimeWait.value;
+    if (editorStart.status === 'rejected') throw editorStart.reason;
+    const editor = editorStart.value;
     step = 'wait-editor';
     const editorReady = await waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime });
     step = 'done';

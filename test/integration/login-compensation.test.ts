@@ -63,13 +63,13 @@ describe('login compensation (stand-in activities)', () => {
     await connection.close();
   });
 
-  test('a runtime that never answers is discarded, and the failure names the cause', async () => {
+  test('a runtime that never answers is discarded with the editor started beside it, and the failure names the cause', async () => {
     calls.length = 0;
     failAt = 'waitForRuntime';
     const err = await runLogin(`test-${randomBytes(4).toString('hex')}`);
     assert.ok(err instanceof WorkflowFailedError);
     assert.match(String((err.cause as Error)?.cause ?? err.cause), /MRP never answered/);
-    assert.deepEqual(calls, ['discardRuntime rt-1', 'event user.login-failed']);
+    assert.deepEqual(calls, ['discardRuntime rt-1', 'discardEditor', 'event user.login-failed']);
   });
 
   test('an editor that never answers is discarded; the healthy runtime keeps serving', async () => {
