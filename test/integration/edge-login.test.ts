@@ -301,6 +301,21 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     assert.equal(read.json?.result, '42', read.text);
   });
 
+  test('an editor container that died is brought back by the next visit', async () => {
+    await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `ed-${a.id}`]);
+    const broken = await call(`/u/${a.id}/health`, { session: a });
+    assert.equal(broken.status, 502, 'the visit that finds it gone is told so');
+    await waitFor(
+      "A's editor to answer again",
+      async () => {
+        const res = await call(`/u/${a.id}/health`, { session: a });
+        if (res.status !== 200) throw new Error(`status ${res.status}`);
+      },
+      { timeoutMs: 60_000, intervalMs: 250 },
+    );
+    assert.equal((await mrp(a, a.id, 'execute', { code: 'y' })).json?.result, '42', 'the runtime kept its state');
+  });
+
   test("while a new user's editor comes up, /u/<id>/ answers 'starting' with a retry hint, then the editor", async () => {
     const c = await devLogin('cleo@example.test');
     try {
