@@ -1,6 +1,8 @@
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { defaultDataDir, defaultToolsDir } from './paths.js';
+import { parseTierLadder, type Tier } from './tiers.js';
+import type { Plan } from '../workflows/contracts/users.js';
 
 /**
  * Every environment variable the control plane reads, validated once per process at start-up.
@@ -100,6 +102,9 @@ const ConfigSchema = z.object({
   MARKCO_RUNTIME_IMAGE: z.string().trim().min(1).default('localhost/markco-runtime:0.4.2'),
   MARKCO_EDITOR_IMAGE: z.string().trim().min(1).default('localhost/markco-editor-lite:0.1'),
   MARKCO_IMPORT_ALLOW_PRIVATE: bool(false),
+
+  // Elastic compute: the tier ladder per plan (JSON; lib/tiers.ts has the default and the rules).
+  MARKCO_TIER_LADDER: optionalString,
 });
 
 type RawConfig = z.infer<typeof ConfigSchema>;
@@ -137,6 +142,7 @@ export interface Config {
     editorImage: string;
     allowPrivateImports: boolean;
   };
+  tiers: Record<Plan, Tier[]>;
 }
 
 export class ConfigError extends Error {
@@ -167,7 +173,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     );
   }
   const c = parsed.data;
+  let tiers: Record<Plan, Tier[]>;
+  try {
+    tiers = parseTierLadder(c.MARKCO_TIER_LADDER);
+  } catch (err) {
+    throw new ConfigError([{ variable: 'MARKCO_TIER_LADDER', message: (err as Error).message.replace(/^MARKCO_TIER_LADDER:? ?/, '') }]);
+  }
   return {
+    tiers,
     dataDir: c.MARKCO_DATA_DIR,
     toolsDir: c.MARKCO_TOOLS_DIR,
     logLevel: c.LOG_LEVEL,
