@@ -130,8 +130,9 @@ export function checkpointArgs(spec: CheckpointSpec): string[] {
 export interface RestoreSpec {
   importPath: string;
   /**
-   * A new name for the restored container, so a checkpoint can be restored beside its source (a fork).
-   * Without it the container keeps its checkpointed name (a migration).
+   * The restored container's name: a new one for a fork beside its source, the same one for a migration.
+   * Always give it: without --name podman asks for the checkpointed IP, fails where that IP is taken, and
+   * its cleanup can tear down the source's network (verified, docs/design/elastic-compute.md section 1).
    */
   name?: string;
   ports?: PortMapping[];
