@@ -8,10 +8,18 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { posix } from 'node:path';
 import { Agent, request } from 'undici';
-import type { HostRecord, Store } from '../lib/store.js';
+import { reachableAddressOf, type HostRecord, type Store } from '../lib/store.js';
 import type { EditorRecord, RuntimeRecord } from '../lib/runtime-store.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
-import type { EditorPlacement, ImportProjectInput, ImportProjectResult, LoginPlan, RuntimePlacement, RuntimeStats } from '../workflows/contracts/user-environment.js';
+import {
+  projectNamePattern,
+  type EditorPlacement,
+  type ImportProjectInput,
+  type ImportProjectResult,
+  type LoginPlan,
+  type RuntimePlacement,
+  type RuntimeStats,
+} from '../workflows/contracts/user-environment.js';
 import type { Plan } from '../workflows/contracts/users.js';
 import { activitySignal, heartbeat } from './context.js';
 import { HostCommandError, type HostShell, type HostShells } from './host-shell.js';
@@ -47,13 +55,6 @@ export interface UserEnvironmentConfig {
 
 function fail(type: ErrorType, message: string): never {
   throw ApplicationFailure.create({ type, message, nonRetryable: true });
-}
-
-/** Where the worker and editors reach a container published on this host. */
-function publishAddressOf(host: HostRecord): string {
-  if (host.kind === 'base') return '127.0.0.1';
-  if (!host.address) fail(ErrorType.InvalidInput, `host ${host.id} has no address`);
-  return host.address;
 }
 
 type ContainerStatus = 'running' | 'missing' | 'stopped' | 'paused' | 'other';
@@ -191,8 +192,6 @@ chown -R "$owner" "$home"
 touch "$marker"
 echo initialized`;
 
-const projectNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-
 /** Rejects addresses a user must not make the worker fetch from (loopback, private, link-local). */
 export function isPrivateAddress(ip: string): boolean {
   if (isIP(ip) === 6) {
@@ -214,6 +213,17 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     const found = await shellForHost(deps, hostId);
     if (found.host.state !== 'ready') throw ApplicationFailure.create({ type: ErrorType.HostUnreachable, message: `host ${hostId} is ${found.host.state}, not ready` });
     return found;
+  }
+
+  /** Removes a runtime's container and gives its port back, then records the row's end and why. */
+  async function retireRuntime(row: RuntimeRecord, state: 'stopped' | 'failed', event: string, payload?: Record<string, unknown>): Promise<void> {
+    if (row.hostId) {
+      const { shell } = await shellForHost(deps, row.hostId);
+      await shell.run(removeContainerArgs(row.containerName), { timeoutMs: 60_000 });
+      if (row.port) await store.ports.release({ hostId: row.hostId, port: row.port });
+    }
+    await store.runtimes.update(row.id, { state });
+    await store.events.append({ type: event, source: 'worker', userId: row.userId, runtimeId: row.id, hostId: row.hostId, ...(payload ? { payload } : {}) });
   }
 
   return {
@@ -252,7 +262,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     /** The user's runtime container on its host, recorded first so its port is never given twice. */
     async ensureRuntime(input: { userId: string; hostId: string; plan: Plan; uid: number; gid: number }): Promise<RuntimePlacement> {
       const { host, shell } = await readyHost(input.hostId);
-      const address = publishAddressOf(host);
+      const address = reachableAddressOf(host);
       const limits = planLimits[input.plan];
       let row = await store.runtimes.live(input.userId);
       let created = false;
@@ -312,7 +322,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
 
     /** The user's editor on the base server, pointed at the runtime's current address. */
     async ensureEditor(input: { userId: string; hostId: string; runtime: RuntimePlacement; uid: number; gid: number; profile: LoginPlan['user'] }): Promise<EditorPlacement> {
-      const { shell } = await readyHost(input.hostId);
+      const { host, shell } = await readyHost(input.hostId);
       let row = await store.editors.live(input.userId);
       let created = false;
       if (!row) {
@@ -363,38 +373,30 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
       if (outcome === 'created') {
         current = await store.editors.update(current.id, { runtimeId: input.runtime.runtimeId, runtimeHost: input.runtime.address, runtimePort: input.runtime.port });
       }
-      return editorPlacement(current, '127.0.0.1');
+      return editorPlacement(current, reachableAddressOf(host));
     },
 
     /** Waits for the editor's `/health`, tells it where the runtime is, and opens it to the edge. */
-    async readyEditor(input: { editorId: string; userId: string; address: string; port: number; runtime: RuntimePlacement; timeoutMs?: number }): Promise<{ readyMs: number; repointed: boolean }> {
+    async readyEditor(input: { editorId: string; userId: string; address: string; port: number; runtime: RuntimePlacement; timeoutMs?: number }): Promise<{ readyMs: number }> {
       const base = `http://${input.address}:${input.port}`;
       const readyMs = await waitUntil(`the editor at ${base}`, () => httpOk(`${base}/health`), input.timeoutMs ?? 60_000);
-      const row = await store.editors.live(input.userId);
       // A restarted container reads its creation-time RUNTIME_* again: tell it the current address every time.
       const told = await httpOk(`${base}/api/runtime/update-port`, { method: 'POST', body: { port: input.runtime.port, host: input.runtime.address } });
       if (!told) throw new Error(`the editor at ${base} refused the runtime address ${input.runtime.address}:${input.runtime.port}`);
-      const repointed = row?.runtimeHost !== input.runtime.address || row?.runtimePort !== input.runtime.port;
       await store.editors.update(input.editorId, {
         state: 'running',
         runtimeId: input.runtime.runtimeId,
         runtimeHost: input.runtime.address,
         runtimePort: input.runtime.port,
       });
-      return { readyMs, repointed };
+      return { readyMs };
     },
 
     /** Removes a runtime that never became healthy, so the next login starts clean. */
     async discardRuntime(input: { runtimeId: string; reason: string }): Promise<void> {
       const row = await store.runtimes.get(input.runtimeId);
       if (!row || row.state === 'stopped' || row.state === 'failed') return;
-      if (row.hostId) {
-        const { shell } = await shellForHost(deps, row.hostId);
-        await shell.run(removeContainerArgs(row.containerName));
-        if (row.port) await store.ports.release({ hostId: row.hostId, port: row.port });
-      }
-      await store.runtimes.update(row.id, { state: 'failed' });
-      await store.events.append({ type: 'runtime.discarded', source: 'worker', userId: row.userId, runtimeId: row.id, hostId: row.hostId, payload: { reason: input.reason.slice(0, 2000) } });
+      await retireRuntime(row, 'failed', 'runtime.discarded', { reason: input.reason.slice(0, 2000) });
     },
 
     async discardEditor(input: { userId: string; reason: string }): Promise<void> {
@@ -410,13 +412,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     async removeRuntime(input: { userId: string }): Promise<{ runtimeId: string | null; hostId: string | null }> {
       const row = await store.runtimes.live(input.userId);
       if (!row) return { runtimeId: null, hostId: null };
-      if (row.hostId) {
-        const { shell } = await shellForHost(deps, row.hostId);
-        await shell.run(removeContainerArgs(row.containerName), { timeoutMs: 60_000 });
-        if (row.port) await store.ports.release({ hostId: row.hostId, port: row.port });
-      }
-      await store.runtimes.update(row.id, { state: 'stopped' });
-      await store.events.append({ type: 'runtime.stopped', source: 'worker', userId: row.userId, runtimeId: row.id, hostId: row.hostId });
+      await retireRuntime(row, 'stopped', 'runtime.stopped');
       return { runtimeId: row.id, hostId: row.hostId };
     },
 

@@ -112,9 +112,16 @@ export function requireUser(auth: Auth) {
       req.user = user;
       return;
     }
-    if (wantsHtml(req)) return reply.redirect(`/login?next=${encodeURIComponent(req.url)}`, 302);
-    return reply.code(401).send({ error: 'unauthenticated', message: 'sign in first: no valid session cookie or bearer token' });
+    return answerUnauthenticated(req, reply);
   };
+}
+
+export const unauthenticatedMessage = 'sign in first: no valid session cookie or bearer token';
+
+/** No session: browsers go to the login page (and come back after), API clients get 401 JSON. */
+export function answerUnauthenticated(req: FastifyRequest, reply: FastifyReply) {
+  if (wantsHtml(req)) return reply.redirect(`/login?next=${encodeURIComponent(req.url)}`, 302);
+  return reply.code(401).send({ error: 'unauthenticated', message: unauthenticatedMessage });
 }
 
 /** preHandler for operator routes: the admin token, or 401/403 saying which is wrong. */

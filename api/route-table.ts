@@ -1,6 +1,8 @@
 import pg from 'pg';
 import type { Logger } from '../lib/logger.js';
 import { routeChannel } from '../lib/runtime-store.js';
+import { reachableAddressOf } from '../lib/store.js';
+import type { HostKind } from '../workflows/contracts/hosts.js';
 
 /**
  * Where each user's editor answers, looked up in PostgreSQL and cached per user. Every write to a
@@ -59,14 +61,13 @@ export function createRouteTable(opts: { pool: pg.Pool; databaseUrl: string; log
     async get(userId: string): Promise<EditorUpstream | undefined> {
       const hit = cache.get(userId);
       if (hit && hit.until > Date.now()) return hit.upstream;
-      const r = await opts.pool.query<{ port: number | null; state: string; kind: string; address: string | null }>(
-        `SELECT e.port, e.state, h.kind, h.address FROM editors e JOIN hosts h ON h.id = e.host_id
+      const r = await opts.pool.query<{ port: number | null; state: string; host_id: string; kind: HostKind; address: string | null }>(
+        `SELECT e.port, e.state, e.host_id, h.kind, h.address FROM editors e JOIN hosts h ON h.id = e.host_id
          WHERE e.user_id = $1 AND e.state NOT IN ('stopped', 'failed')`,
         [userId],
       );
       const row = r.rows[0];
-      // Editors on the base server bind loopback; elsewhere they are reached at the host's address.
-      const upstream = row?.port ? { host: row.kind === 'base' ? '127.0.0.1' : (row.address ?? '127.0.0.1'), port: row.port, state: row.state } : undefined;
+      const upstream = row?.port ? { host: reachableAddressOf({ id: row.host_id, kind: row.kind, address: row.address }), port: row.port, state: row.state } : undefined;
       if (listening) cache.set(userId, { upstream, until: Date.now() + cacheTtlMs });
       return upstream;
     },

@@ -93,6 +93,17 @@ export function connectionOf(h: HostRecord): HostConnection {
   };
 }
 
+/**
+ * Where the control plane (the worker, the edge, editors on the base server) reaches a port published
+ * on this host: loopback on the base server, where containers publish on 127.0.0.1; the host's address
+ * elsewhere.
+ */
+export function reachableAddressOf(h: Pick<HostRecord, 'id' | 'kind' | 'address'>): string {
+  if (h.kind === 'base') return '127.0.0.1';
+  if (!h.address) throw new Error(`host ${h.id} has no address recorded`);
+  return h.address;
+}
+
 export interface UpsertHost {
   id: string;
   kind: HostKind;

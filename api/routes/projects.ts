@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import { z } from 'zod';
-import type { ImportProjectResult } from '../../workflows/contracts/user-environment.js';
+import { projectNamePattern, type ImportProjectResult } from '../../workflows/contracts/user-environment.js';
 import { requireUser } from '../auth.js';
 import type { PlatformDeps } from '../platform.js';
 import { parseBody } from '../validation.js';
@@ -10,7 +10,7 @@ const ImportBody = z.strictObject({
   repo_url: z.url({ protocol: /^https?$/, error: 'expected an http(s) git URL of a public repository' }).max(2000),
   name: z
     .string()
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "expected letters, digits, '.', '_' or '-' (at most 64, not starting with a dot)")
+    .regex(projectNamePattern, "expected letters, digits, '.', '_' or '-' (at most 64, not starting with a dot)")
     .optional(),
 });
 

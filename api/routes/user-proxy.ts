@@ -1,8 +1,8 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import { userIdPattern } from '../../workflows/contracts/users.js';
-import { wantsHtml } from '../auth.js';
+import type { UserRecord } from '../../lib/accounts.js';
+import { answerUnauthenticated, unauthenticatedMessage, wantsHtml } from '../auth.js';
 import { escapeHtml, page } from '../html.js';
 import type { PlatformDeps } from '../platform.js';
 import { forwardHttp, forwardUpgrade } from '../proxy/forward.js';
@@ -19,6 +19,20 @@ function splitPath(url: string): { userId: string; rest: string } | undefined {
   if (!m) return undefined;
   const rest = m[2] ?? '/';
   return { userId: decodeURIComponent(m[1]!), rest: rest.startsWith('?') ? `/${rest}` : rest };
+}
+
+const forbiddenMessage = 'this editor belongs to another user';
+
+type Entry = { kind: 'not-found' } | { kind: 'unauthenticated' } | { kind: 'forbidden' } | { kind: 'owner'; user: UserRecord; rest: string };
+
+/** Who may go through to `/u/<userId>/`: one decision for every request and every upgrade. */
+async function authorise(deps: PlatformDeps, url: string, headers: IncomingHttpHeaders): Promise<Entry> {
+  const target = splitPath(url);
+  if (!target) return { kind: 'not-found' };
+  const user = await deps.auth.userOf(headers);
+  if (!user) return { kind: 'unauthenticated' };
+  if (target.userId !== user.id) return { kind: 'forbidden' };
+  return { kind: 'owner', user, rest: target.rest };
 }
 
 const retryAfterSeconds = 2;
@@ -52,16 +66,11 @@ export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
     app.addContentTypeParser('*', (_req, _payload, done) => done(null));
 
     const handler = async (req: FastifyRequest, reply: FastifyReply) => {
-      const target = splitPath(req.url);
-      if (!target) return reply.code(404).send({ error: 'not found', message: 'expected /u/<userId>/...' });
-      const user = await deps.auth.userOf(req.headers);
-      if (!user) {
-        if (wantsHtml(req)) return reply.redirect(`/login?next=${encodeURIComponent(req.url)}`, 302);
-        return reply.code(401).send({ error: 'unauthenticated', message: 'sign in first: no valid session cookie or bearer token' });
-      }
-      if (!userIdPattern.test(target.userId) || target.userId !== user.id) {
-        return reply.code(403).send({ error: 'forbidden', message: 'this editor belongs to another user' });
-      }
+      const entry = await authorise(deps, req.url, req.headers);
+      if (entry.kind === 'not-found') return reply.code(404).send({ error: 'not found', message: 'expected /u/<userId>/...' });
+      if (entry.kind === 'unauthenticated') return answerUnauthenticated(req, reply);
+      if (entry.kind === 'forbidden') return reply.code(403).send({ error: 'forbidden', message: forbiddenMessage });
+      const { user, rest } = entry;
       if (req.url === `/u/${user.id}`) return reply.redirect(`/u/${user.id}/`, 301);
       const upstream = await deps.routes.get(user.id);
       if (!upstream || upstream.state !== 'running') {
@@ -69,7 +78,7 @@ export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
         return startingAnswer(req, reply, operationId);
       }
       reply.hijack();
-      const outcome = await forwardHttp(req.raw, reply.raw, { host: upstream.host, port: upstream.port, path: target.rest }, {
+      const outcome = await forwardHttp(req.raw, reply.raw, { host: upstream.host, port: upstream.port, path: rest }, {
         agent: deps.upstreamAgent,
         forwardedPrefix: `/u/${user.id}`,
         ...forwardedFor(req.raw),
@@ -95,17 +104,17 @@ export function userProxyUpgrade(deps: PlatformDeps, log: { warn: (o: object, m:
   return (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     socket.on('error', () => undefined);
     void (async () => {
-      const target = splitPath(req.url ?? '');
-      if (!target) return refuse(socket, 404, 'Not Found', 'WebSockets are served under /u/<userId>/ only');
-      const user = await deps.auth.userOf(req.headers);
-      if (!user) return refuse(socket, 401, 'Unauthorized', 'sign in first: no valid session cookie or bearer token');
-      if (target.userId !== user.id) return refuse(socket, 403, 'Forbidden', 'this editor belongs to another user');
+      const entry = await authorise(deps, req.url ?? '', req.headers);
+      if (entry.kind === 'not-found') return refuse(socket, 404, 'Not Found', 'WebSockets are served under /u/<userId>/ only');
+      if (entry.kind === 'unauthenticated') return refuse(socket, 401, 'Unauthorized', unauthenticatedMessage);
+      if (entry.kind === 'forbidden') return refuse(socket, 403, 'Forbidden', forbiddenMessage);
+      const { user, rest } = entry;
       const upstream = await deps.routes.get(user.id);
       if (!upstream || upstream.state !== 'running') {
         await deps.operations.startLogin({ userId: user.id }).catch(() => undefined);
         return refuse(socket, 503, 'Service Unavailable', 'the editor is starting; retry shortly');
       }
-      const outcome = await forwardUpgrade(req, socket, head, { host: upstream.host, port: upstream.port, path: target.rest }, {
+      const outcome = await forwardUpgrade(req, socket, head, { host: upstream.host, port: upstream.port, path: rest }, {
         tunnels: deps.tunnels,
         key: user.id,
         forwardedPrefix: `/u/${user.id}`,

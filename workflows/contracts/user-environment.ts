@@ -67,6 +67,9 @@ export interface RuntimeStats {
   at: string;
 }
 
+/** A project's folder name under `Projects/`: never hidden, never a path. */
+export const projectNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 export interface ImportProjectInput {
   userId: string;
   repoUrl: string;
