@@ -4,6 +4,7 @@ import { createEc2Activities } from './ec2.js';
 import { typedFailures } from './failures.js';
 import type { HostShells } from './host-shell.js';
 import { createHostActivities } from './hosts.js';
+import { createMigrationActivities } from './migration.js';
 import { createUserEnvironmentActivities, type UserEnvironmentConfig } from './user-environment.js';
 
 export interface ActivityDeps {
@@ -23,6 +24,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createHostActivities(deps),
     ...createEc2Activities(deps),
     ...createUserEnvironmentActivities(deps),
+    ...createMigrationActivities(deps),
   });
 }
 

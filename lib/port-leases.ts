@@ -29,8 +29,12 @@ export class PortsExhaustedError extends Error {
 }
 
 export interface PortLeaseStore {
-  /** The user's lease for this purpose on this host, made if there is none (not for sandboxes, which have many). */
-  lease(input: { hostId: string; userId: string; purpose: Exclude<PortPurpose, 'sandbox'>; avoid?: number[] }): Promise<number>;
+  /**
+   * The user's lease for this purpose on this host, made if there is none (not for sandboxes, which have
+   * many). `prefer` is tried first: a migrated runtime keeps its port, so the browser's `/proxy/<port>/`
+   * URLs keep working.
+   */
+  lease(input: { hostId: string; userId: string; purpose: Exclude<PortPurpose, 'sandbox'>; avoid?: number[]; prefer?: number }): Promise<number>;
   /** Gives a port back, for example when the host answered that it is in use by something else. */
   release(input: { hostId: string; port: number }): Promise<void>;
   listForUser(userId: string): Promise<{ hostId: string; port: number; purpose: PortPurpose }[]>;
@@ -43,13 +47,14 @@ export function createPortLeaseStore(pool: pg.Pool): PortLeaseStore {
     (await pool.query<{ port: number }>('SELECT port FROM port_leases WHERE host_id = $1 AND user_id = $2 AND purpose = $3', [hostId, userId, purpose])).rows[0]?.port;
 
   return {
-    async lease({ hostId, userId, purpose, avoid = [] }) {
+    async lease({ hostId, userId, purpose, avoid = [], prefer }) {
       const range = portRanges[purpose];
       for (let i = 0; i < attempts; i++) {
         const existing = await held(hostId, userId, purpose);
         if (existing !== undefined && !avoid.includes(existing)) return existing;
         if (existing !== undefined) await pool.query('DELETE FROM port_leases WHERE host_id = $1 AND port = $2', [hostId, existing]);
-        const candidate = randomInt(range.first, range.last + 1);
+        const preferred = i === 0 && prefer !== undefined && prefer >= range.first && prefer <= range.last;
+        const candidate = preferred ? prefer : randomInt(range.first, range.last + 1);
         if (avoid.includes(candidate)) continue;
         // Both unique keys can refuse: the port is someone else's, or a concurrent call of this user
         // just leased one for the same purpose (the next round returns that one).

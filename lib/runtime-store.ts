@@ -103,6 +103,78 @@ const editorFromRow = (r: EditorRow): EditorRecord => ({
   updatedAt: r.updated_at,
 });
 
+export interface MigrationRecord {
+  id: string;
+  runtimeId: string;
+  userId: string;
+  workflowId: string | null;
+  reason: string;
+  sourceHostId: string;
+  targetHostId: string | null;
+  fromType: string | null;
+  toType: string | null;
+  status: 'pending' | 'running' | 'completed' | 'failed' | 'cancelled';
+  step: string | null;
+  error: string | null;
+  checkpointMs: number | null;
+  transferMs: number | null;
+  restoreMs: number | null;
+  downtimeMs: number | null;
+  frozenMs: number | null;
+  archiveBytes: number | null;
+  archiveSha256: string | null;
+  startedAt: Date;
+  completedAt: Date | null;
+}
+
+interface MigrationRow {
+  id: string;
+  runtime_id: string;
+  user_id: string;
+  workflow_id: string | null;
+  reason: string;
+  source_host_id: string;
+  target_host_id: string | null;
+  from_type: string | null;
+  to_type: string | null;
+  status: MigrationRecord['status'];
+  step: string | null;
+  error: string | null;
+  checkpoint_ms: number | null;
+  transfer_ms: number | null;
+  restore_ms: number | null;
+  downtime_ms: number | null;
+  frozen_ms: number | null;
+  archive_bytes: string | null;
+  archive_sha256: string | null;
+  started_at: Date;
+  completed_at: Date | null;
+}
+
+const migrationFromRow = (r: MigrationRow): MigrationRecord => ({
+  id: r.id,
+  runtimeId: r.runtime_id,
+  userId: r.user_id,
+  workflowId: r.workflow_id,
+  reason: r.reason,
+  sourceHostId: r.source_host_id,
+  targetHostId: r.target_host_id,
+  fromType: r.from_type,
+  toType: r.to_type,
+  status: r.status,
+  step: r.step,
+  error: r.error,
+  checkpointMs: r.checkpoint_ms,
+  transferMs: r.transfer_ms,
+  restoreMs: r.restore_ms,
+  downtimeMs: r.downtime_ms,
+  frozenMs: r.frozen_ms,
+  archiveBytes: r.archive_bytes === null ? null : Number(r.archive_bytes),
+  archiveSha256: r.archive_sha256,
+  startedAt: r.started_at,
+  completedAt: r.completed_at,
+});
+
 const notDead = `state NOT IN ('stopped', 'failed')`;
 
 export function createRuntimeStore(pool: pg.Pool) {
@@ -148,15 +220,81 @@ export function createRuntimeStore(pool: pg.Pool) {
         return { ...live, created: inserted.rowCount === 1 };
       },
 
-      async update(id: string, patch: { state?: RuntimeState; port?: number; address?: string }): Promise<RuntimeRecord> {
+      /** Patches a runtime; moving it to another host (a migration) sets hostId, port, address, tier and limits together. */
+      async update(
+        id: string,
+        patch: { state?: RuntimeState; port?: number; address?: string; hostId?: string; tier?: string; memoryLimitBytes?: number; cpuLimit?: number },
+      ): Promise<RuntimeRecord> {
         const r = await pool.query<RuntimeRow>(
-          `UPDATE runtimes SET state = COALESCE($2, state), port = COALESCE($3, port), address = COALESCE($4, address), updated_at = now()
+          `UPDATE runtimes SET state = COALESCE($2, state), port = COALESCE($3, port), address = COALESCE($4, address),
+             host_id = COALESCE($5, host_id), tier = COALESCE($6, tier), memory_limit_bytes = COALESCE($7, memory_limit_bytes),
+             cpu_limit = COALESCE($8, cpu_limit), updated_at = now()
            WHERE id = $1 RETURNING *`,
-          [id, patch.state ?? null, patch.port ?? null, patch.address ?? null],
+          [id, patch.state ?? null, patch.port ?? null, patch.address ?? null, patch.hostId ?? null, patch.tier ?? null, patch.memoryLimitBytes ?? null, patch.cpuLimit ?? null],
         );
         if (!r.rows[0]) throw new Error(`runtime ${id} is not recorded`);
         await notify(r.rows[0].user_id);
         return runtimeFromRow(r.rows[0]);
+      },
+    },
+
+    migrations: {
+      /** Records a migration as running; a retried call with the same id finds the row it made. */
+      async begin(input: {
+        id: string;
+        runtimeId: string;
+        userId: string;
+        workflowId: string;
+        reason: string;
+        sourceHostId: string;
+        fromType: string;
+        toType: string;
+      }): Promise<MigrationRecord> {
+        await pool.query(
+          `INSERT INTO migrations (id, runtime_id, user_id, workflow_id, reason, source_host_id, from_type, to_type, status, step)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 'begin') ON CONFLICT (id) DO NOTHING`,
+          [input.id, input.runtimeId, input.userId, input.workflowId, input.reason, input.sourceHostId, input.fromType, input.toType],
+        );
+        const row = await this.get(input.id);
+        if (!row) throw new Error(`migration ${input.id} was not recorded`);
+        return row;
+      },
+
+      async get(id: string): Promise<MigrationRecord | undefined> {
+        const r = await pool.query<MigrationRow>('SELECT * FROM migrations WHERE id = $1', [id]);
+        return r.rows[0] ? migrationFromRow(r.rows[0]) : undefined;
+      },
+
+      async listForUser(userId: string): Promise<MigrationRecord[]> {
+        const r = await pool.query<MigrationRow>('SELECT * FROM migrations WHERE user_id = $1 ORDER BY started_at', [userId]);
+        return r.rows.map(migrationFromRow);
+      },
+
+      /** Where a running migration is: operators read `step` to see what is stuck. */
+      async setStep(id: string, patch: { step: string; targetHostId?: string }): Promise<void> {
+        await pool.query(`UPDATE migrations SET step = $2, target_host_id = COALESCE($3, target_host_id) WHERE id = $1 AND status = 'running'`, [
+          id,
+          patch.step,
+          patch.targetHostId ?? null,
+        ]);
+      },
+
+      async complete(id: string, t: { targetHostId: string; checkpointMs: number; transferMs: number; restoreMs: number; downtimeMs: number; frozenMs: number | null; archiveBytes: number; archiveSha256: string }): Promise<void> {
+        await pool.query(
+          `UPDATE migrations SET status = 'completed', step = 'done', completed_at = now(), target_host_id = $2, checkpoint_ms = $3,
+             transfer_ms = $4, restore_ms = $5, downtime_ms = $6, frozen_ms = $7, archive_bytes = $8, archive_sha256 = $9, error = NULL
+           WHERE id = $1 AND status IN ('running', 'completed')`,
+          [id, t.targetHostId, Math.round(t.checkpointMs), Math.round(t.transferMs), Math.round(t.restoreMs), Math.round(t.downtimeMs), t.frozenMs === null ? null : Math.round(t.frozenMs), t.archiveBytes, t.archiveSha256],
+        );
+      },
+
+      /** Records what failed, at which step; a completed migration is never marked failed afterwards. */
+      async fail(id: string, failure: { step: string; error: string }): Promise<void> {
+        await pool.query(`UPDATE migrations SET status = 'failed', step = $2, error = $3, completed_at = now() WHERE id = $1 AND status = 'running'`, [
+          id,
+          failure.step,
+          failure.error.slice(0, 4000),
+        ]);
       },
     },
 

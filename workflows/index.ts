@@ -1,3 +1,6 @@
 // The workflow bundle's entry point: every workflow type the worker serves.
+export { migrateRuntime } from './migrate.js';
+export { preProvisionHost, provisionHost } from './provision-host.js';
+export { reapInstances } from './reaper.js';
 export { registerHost } from './register-host.js';
 export { importProject, login, runtimeStats, stopRuntime } from './user-environment.js';

@@ -5,3 +5,4 @@ export * from './search-attributes.js';
 export * from './messages.js';
 export * from './users.js';
 export * from './user-environment.js';
+export * from './elastic.js';

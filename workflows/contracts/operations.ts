@@ -5,6 +5,14 @@ export const Operation = {
   stopRuntime: 'stop-runtime',
   runtimeStats: 'runtime-stats',
   importProject: 'import-project',
+  /** The per-user entity that runs one runtime-changing operation at a time. */
+  runtime: 'runtime',
+  migrate: 'migrate',
+  critical: 'critical',
+  scaleDown: 'scale-down',
+  preProvision: 'pre-provision',
+  provisionHost: 'provision-host',
+  reaper: 'reaper',
 } as const;
 export type Operation = (typeof Operation)[keyof typeof Operation];
 
@@ -16,6 +24,14 @@ export const workflowIds = {
   stopRuntime: (userId: string) => `user/${userId}/stop-runtime`,
   runtimeStats: (userId: string, nonce: string) => `user/${userId}/stats/${nonce}`,
   importProject: (userId: string, name: string) => `user/${userId}/import/${name}`,
+  /** The user's runtime entity: every runtime-changing operation is its child (one at a time). */
+  runtime: (userId: string) => `runtime/${userId}`,
+  migrate: (userId: string) => `user/${userId}/migrate`,
+  /** At most one reservation being made per user at a time. */
+  preProvision: (userId: string) => `user/${userId}/pre-provision`,
+  /** Launching one EC2 host (a child of pre-provision or of a migration). */
+  provisionHost: (hostId: string) => `host/${hostId}/provision`,
+  reaper: 'markco-reaper',
 };
 
 /** Lifecycle status values for the MarkcoStatus search attribute. */
