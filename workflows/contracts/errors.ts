@@ -16,6 +16,10 @@ export const ErrorType = {
   ChecksumMismatch: 'ChecksumMismatch',
   CloudApiFailed: 'CloudApiFailed',
   CloudRequestInvalid: 'CloudRequestInvalid',
+  /** The runtime holds established TCP connections, which CRIU refuses to dump: try again shortly. */
+  RuntimeBusy: 'RuntimeBusy',
+  /** EC2 has no capacity for the request (spot refused, instance type unavailable). */
+  CapacityUnavailable: 'CapacityUnavailable',
 } as const;
 export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
 
@@ -27,4 +31,5 @@ export const permanentErrorTypes: ErrorType[] = [
   ErrorType.HostAuthFailed,
   ErrorType.HostUnsupported,
   ErrorType.CloudRequestInvalid,
+  ErrorType.CapacityUnavailable,
 ];
