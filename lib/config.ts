@@ -105,6 +105,26 @@ const ConfigSchema = z.object({
 
   // Elastic compute: the tier ladder per plan (JSON; lib/tiers.ts has the default and the rules).
   MARKCO_TIER_LADDER: optionalString,
+
+  // EC2 hosts for elastic compute (docs/design/elastic-compute.md §3.1).
+  MARKCO_CLOUD: z
+    .enum(['none', 'aws', 'simulated', ''], { error: 'expected one of none, aws, simulated' })
+    .transform((v) => (v === '' ? 'none' : v))
+    .default('none'),
+  MARKCO_EC2_AMI_IDS: optionalString,
+  MARKCO_EC2_SUBNET_ID: optionalString.refine((v) => v === undefined || /^subnet-[0-9a-f]{1,17}$/.test(v), 'expected a subnet id such as subnet-0123abcd'),
+  MARKCO_EC2_SECURITY_GROUP_IDS: optionalString.refine(
+    (v) => v === undefined || v.split(',').every((g) => /^sg-[0-9a-f]{1,17}$/.test(g.trim())),
+    'expected security group ids separated by commas, such as sg-0123abcd,sg-4567ef01',
+  ),
+  MARKCO_EC2_SSH_USER: optionalString.refine((v) => v === undefined || /^[a-z_][a-z0-9_-]{0,31}$/.test(v), 'expected a login name such as ubuntu'),
+  MARKCO_EC2_MARKET: z
+    .enum(['on-demand', 'spot-then-on-demand', ''], { error: 'expected on-demand or spot-then-on-demand' })
+    .transform((v) => (v === '' ? 'on-demand' : v))
+    .default('on-demand'),
+  MARKCO_DEPLOYMENT_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/, 'expected a deployment id (letters, digits, dots, dashes, underscores; at most 64)').default('default'),
+  MARKCO_RESERVATION_TTL_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(1, 'expected 1 to 86400 seconds').max(86_400, 'expected 1 to 86400 seconds').default(600),
+  MARKCO_REAPER_GRACE_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(0, 'expected 0 to 604800 seconds').max(604_800, 'expected 0 to 604800 seconds').default(900),
 });
 
 type RawConfig = z.infer<typeof ConfigSchema>;
@@ -143,6 +163,47 @@ export interface Config {
     allowPrivateImports: boolean;
   };
   tiers: Record<Plan, Tier[]>;
+  cloud: CloudConfig;
+}
+
+/** Where EC2 hosts come from and how they are launched, reached, reserved and reaped. */
+export interface CloudConfig {
+  /** `none`: only the base server; `aws`: real EC2; `simulated`: the EC2 emulator with namespace hosts. */
+  provider: 'none' | 'aws' | 'simulated';
+  /** AMI per instance family (the text before the dot of an instance type). */
+  amiIds: Record<string, string>;
+  subnetId: string | undefined;
+  securityGroupIds: string[];
+  /** Login of launched hosts; commands go through `sudo -n` unless it is root. */
+  sshUser: string;
+  market: 'on-demand' | 'spot-then-on-demand';
+  /** Tag value (`markco:deployment`) that scopes the reaper to this deployment's instances. */
+  deploymentId: string;
+  reservationTtlSeconds: number;
+  reaperGraceSeconds: number;
+  /** The workers' ssh key: its `.pub` is authorised on every launched host. */
+  sshKeyPath: string;
+}
+
+/** Instance family of an instance type: `t3` for `t3.large`. */
+export function instanceFamily(instanceType: string): string {
+  return instanceType.split('.')[0] ?? instanceType;
+}
+
+function parseAmiIds(json: string | undefined): Record<string, string> {
+  if (json === undefined) return {};
+  let raw: unknown;
+  try {
+    raw = JSON.parse(json);
+  } catch (err) {
+    throw new Error(`expected JSON such as {"t3":"ami-0123abcd"}: ${(err as Error).message}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('expected a JSON object from instance family to AMI id, such as {"t3":"ami-0123abcd"}');
+  for (const [family, ami] of Object.entries(raw)) {
+    if (!/^[a-z][a-z0-9-]{0,15}$/.test(family)) throw new Error(`${JSON.stringify(family)} is not an instance family (the text before the dot, such as t3)`);
+    if (typeof ami !== 'string' || !/^ami-[0-9a-f]{8,17}$/.test(ami)) throw new Error(`the AMI of ${family} must be an id such as ami-0123abcd (got ${JSON.stringify(ami)})`);
+  }
+  return raw as Record<string, string>;
 }
 
 export class ConfigError extends Error {
@@ -179,8 +240,39 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   } catch (err) {
     throw new ConfigError([{ variable: 'MARKCO_TIER_LADDER', message: (err as Error).message.replace(/^MARKCO_TIER_LADDER:? ?/, '') }]);
   }
+  let amiIds: Record<string, string>;
+  try {
+    amiIds = parseAmiIds(c.MARKCO_EC2_AMI_IDS);
+  } catch (err) {
+    throw new ConfigError([{ variable: 'MARKCO_EC2_AMI_IDS', message: (err as Error).message }]);
+  }
+  const provider = c.MARKCO_CLOUD as CloudConfig['provider'];
+  if (provider === 'aws') {
+    // Real EC2 must be fully described at start-up. The simulated cloud gets its subnet and AMIs from
+    // setupSimulatedCloud after the main command has started the emulator, so only launches check them.
+    const problems: { variable: string; message: string }[] = [];
+    if (!c.MARKCO_EC2_SUBNET_ID) problems.push({ variable: 'MARKCO_EC2_SUBNET_ID', message: 'required when MARKCO_CLOUD=aws' });
+    const families = [...new Set(Object.values(tiers).flatMap((ladder) => ladder.flatMap((t) => (t.instanceType ? [instanceFamily(t.instanceType)] : []))))];
+    const missing = families.filter((f) => !amiIds[f]);
+    if (missing.length > 0) problems.push({ variable: 'MARKCO_EC2_AMI_IDS', message: `required when MARKCO_CLOUD=aws; no AMI for the tier ladder's famil${missing.length === 1 ? 'y' : 'ies'} ${missing.join(', ')}` });
+    if (problems.length > 0) throw new ConfigError(problems);
+  }
+  const sshKeyPath = c.MARKCO_SSH_KEY_PATH ?? join(c.MARKCO_DATA_DIR, 'ssh', 'id_ed25519');
   return {
     tiers,
+    cloud: {
+      provider,
+      amiIds,
+      subnetId: c.MARKCO_EC2_SUBNET_ID,
+      securityGroupIds: c.MARKCO_EC2_SECURITY_GROUP_IDS ? c.MARKCO_EC2_SECURITY_GROUP_IDS.split(',').map((g) => g.trim()) : [],
+      // The simulated hosts are namespace hosts whose sshd lets root in with the workers' key.
+      sshUser: c.MARKCO_EC2_SSH_USER ?? (provider === 'simulated' ? 'root' : 'ubuntu'),
+      market: c.MARKCO_EC2_MARKET as CloudConfig['market'],
+      deploymentId: c.MARKCO_DEPLOYMENT_ID,
+      reservationTtlSeconds: c.MARKCO_RESERVATION_TTL_S,
+      reaperGraceSeconds: c.MARKCO_REAPER_GRACE_S,
+      sshKeyPath,
+    },
     dataDir: c.MARKCO_DATA_DIR,
     toolsDir: c.MARKCO_TOOLS_DIR,
     logLevel: c.LOG_LEVEL,
@@ -205,7 +297,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     hosts: {
       baseHostId: c.MARKCO_BASE_HOST_ID,
       baseHostAddress: c.MARKCO_BASE_HOST_ADDRESS,
-      sshKeyPath: c.MARKCO_SSH_KEY_PATH ?? join(c.MARKCO_DATA_DIR, 'ssh', 'id_ed25519'),
+      sshKeyPath,
       sshConnectTimeoutMs: c.MARKCO_SSH_CONNECT_TIMEOUT_MS,
       sshCommandTimeoutMs: c.MARKCO_SSH_COMMAND_TIMEOUT_MS,
     },
