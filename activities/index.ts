@@ -1,5 +1,7 @@
 import type { EC2Client } from '@aws-sdk/client-ec2';
 import type { Store } from '../lib/store.js';
+import type { Tier } from '../lib/tiers.js';
+import type { Plan } from '../workflows/contracts/users.js';
 import { createEc2Activities } from './ec2.js';
 import { typedFailures } from './failures.js';
 import type { HostShells } from './host-shell.js';
@@ -12,6 +14,8 @@ export interface ActivityDeps {
   shells: HostShells;
   ec2: Pick<EC2Client, 'send'>;
   environment: UserEnvironmentConfig;
+  /** The tier ladder per plan (lib/tiers.ts); the default ladder when absent. */
+  tiers?: Record<Plan, Tier[]>;
 }
 
 function withTypedFailures<T extends Record<string, (...args: never[]) => Promise<unknown>>>(group: T): T {

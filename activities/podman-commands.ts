@@ -174,11 +174,60 @@ export function unpauseArgs(name: string): string[] {
   return ['podman', 'unpause', name];
 }
 
-/** Raises (or lowers) the cgroup memory limit of a running container, e.g. after a restore on a bigger tier. */
-export function updateMemoryArgs(name: string, memoryBytes: number): string[] {
+/**
+ * Raises (or lowers) the cgroup limits of a running container, e.g. after a restore on a bigger tier.
+ * podman 4.3 applies the change but keeps reporting the old memory limit in inspect and stats: read the
+ * limit in force with cgroupMemoryLimitArgs.
+ */
+export function updateMemoryArgs(name: string, memoryBytes: number, cpus?: number): string[] {
   assertName('container name', name);
   if (!Number.isInteger(memoryBytes) || memoryBytes <= 0) throw new Error(`invalid memory limit ${memoryBytes}`);
-  return ['podman', 'update', '--memory', `${memoryBytes}b`, '--memory-swap', `${memoryBytes}b`, name];
+  if (cpus !== undefined && !(cpus > 0)) throw new Error(`invalid CPU limit ${cpus}`);
+  return ['podman', 'update', '--memory', `${memoryBytes}b`, '--memory-swap', `${memoryBytes}b`, ...(cpus === undefined ? [] : ['--cpus', String(cpus)]), name];
+}
+
+/**
+ * Prints `v1 <limit>` or `v2 <limit>`: the memory limit the kernel enforces on the container, read from
+ * its cgroup through /proc/<pid>/cgroup (cgroup v1 `memory.limit_in_bytes`, v2 `memory.max`).
+ */
+export function cgroupMemoryLimitArgs(name: string): string[] {
+  assertName('container name', name);
+  const script = `set -eu
+pid=$(podman container inspect --format '{{.State.Pid}}' "$1")
+line=$(awk -F: '$2=="memory"{m=$3} $1=="0"&&$2==""{u=$3} END{if(m!="")print "v1 "m; else print "v2 "u}' "/proc/$pid/cgroup")
+path=\${line#* }
+case "$line" in
+  v1*) printf 'v1 '; cat "/sys/fs/cgroup/memory$path/memory.limit_in_bytes" ;;
+  *) printf 'v2 '; cat "/sys/fs/cgroup$path/memory.max" ;;
+esac`;
+  return ['sh', '-c', script, 'markco-cgroup-limit', name];
+}
+
+/** The enforced limit in bytes, or null when the cgroup has none (`max`). */
+export function parseCgroupMemoryLimit(stdout: string): number | null {
+  const m = /^(v1|v2) (\S+)\s*$/.exec(stdout.trim());
+  if (!m) throw new Error(`unexpected cgroup limit output: ${stdout.slice(0, 200)}`);
+  if (m[2] === 'max') return null;
+  const n = Number(m[2]);
+  if (!Number.isFinite(n)) throw new Error(`unexpected cgroup limit ${m[2]}`);
+  // cgroup v1 reports "no limit" as a page-rounded LONG_MAX.
+  return n >= 2 ** 62 ? null : n;
+}
+
+/**
+ * Checkpoints a running (or paused: podman refuses to dump those, so it is resumed first) container and
+ * pauses it right after the dump: with --leave-running, anything the source answered after the dump would
+ * silently be missing on the target. A container that was paused is paused again even when the dump
+ * failed. The pause's own output goes to stderr so stdout stays the checkpoint's statistics.
+ */
+export function checkpointThenPauseArgs(spec: CheckpointSpec & { wasPaused: boolean }): string[] {
+  const checkpoint = checkpointArgs({ ...spec, leaveRunning: true });
+  const script = `wasPaused=$1; name=$2; shift 2
+if [ "$wasPaused" = 1 ]; then podman unpause "$name" >&2 || exit $?; fi
+"$@"; rc=$?
+if [ "$rc" = 0 ] || [ "$wasPaused" = 1 ]; then podman pause "$name" >&2 || [ "$rc" != 0 ] || rc=$?; fi
+exit $rc`;
+  return ['sh', '-c', script, 'markco-checkpoint', spec.wasPaused ? '1' : '0', spec.container, ...checkpoint];
 }
 
 export function inspectContainerArgs(name: string): string[] {

@@ -51,6 +51,8 @@ export interface UserEnvironmentConfig {
   editorImage: string;
   /** Project imports may clone from loopback and private addresses (tests only). */
   allowPrivateImports: boolean;
+  /** Directory on every host for transient files such as checkpoint archives; next to usersDir by default. */
+  scratchDir?: string;
 }
 
 function fail(type: ErrorType, message: string): never {

@@ -1,6 +1,258 @@
-import { ApplicationFailure } from '@temporalio/workflow';
-import type { MigrateRuntimeInput, MigrateRuntimeResult } from './contracts/elastic.js';
+import {
+  ApplicationFailure,
+  CancellationScope,
+  defineSignal,
+  executeChild,
+  log,
+  proxyActivities,
+  setHandler,
+  sleep,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities/index.js';
+import type { CheckpointResult, MigrationPlan } from '../activities/migration.js';
+import { MigrationReasons, type MigrateRuntimeInput, type MigrateRuntimeResult, type ProvisionedHost } from './contracts/elastic.js';
+import { ErrorType, permanentErrorTypes } from './contracts/errors.js';
+import { hostIdPattern } from './contracts/hosts.js';
+import { stepQuery } from './contracts/messages.js';
+import { Operation, workflowIds } from './contracts/operations.js';
+import type { RuntimePlacement } from './contracts/user-environment.js';
+import { userIdPattern } from './contracts/users.js';
+import { errorMessage, setStatus, tagOperation } from './lifecycle.js';
+import { hostCommand, quick } from './options.js';
+import { provisionHost } from './provision-host.js';
 
-export async function migrateRuntime(_input: MigrateRuntimeInput): Promise<MigrateRuntimeResult> {
-  throw ApplicationFailure.nonRetryable('migrateRuntime is not built yet');
+/** Critical pressure arrived while this migration runs: pause the source now if the dump has not started. */
+export const escalateSignal = defineSignal('escalate');
+
+/** What the EC2-host activities offer the saga (activities/ec2.ts, lib/store.ts hosts). */
+interface HostReservationActivities {
+  claimReservation(input: { userId: string; instanceType: string; claimedBy: string; waitMs?: number }): Promise<ProvisionedHost | null>;
+  terminateHost(input: { hostId: string; reason: string }): Promise<{ terminated: boolean }>;
+}
+
+type SagaActivities = Activities & HostReservationActivities;
+
+const db = proxyActivities<SagaActivities>(quick);
+const onHost = proxyActivities<SagaActivities>(hostCommand);
+const waiting = proxyActivities<SagaActivities>({
+  startToCloseTimeout: '3m',
+  heartbeatTimeout: '30s',
+  retry: { initialInterval: '1s', maximumAttempts: 3, nonRetryableErrorTypes: permanentErrorTypes },
+});
+/** Cleanup after the commit keeps trying: the user already runs on the target, only leftovers are at stake. */
+const cleanup = proxyActivities<SagaActivities>({
+  startToCloseTimeout: '2m',
+  scheduleToCloseTimeout: '1h',
+  retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '2m', nonRetryableErrorTypes: [ErrorType.InvalidInput] },
+});
+
+const GiB = 1024 ** 3;
+
+/** Checkpoint and restore scale with the runtime's memory; each heartbeats its progress. */
+function bulkActivities(memoryBytes: number) {
+  const seconds = 120 + Math.ceil((30 * memoryBytes) / GiB);
+  return proxyActivities<SagaActivities>({
+    startToCloseTimeout: `${seconds}s`,
+    heartbeatTimeout: '30s',
+    retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes: [...permanentErrorTypes, ErrorType.RuntimeBusy, ErrorType.ChecksumMismatch] },
+  });
+}
+
+export function validateMigrateInput(input: MigrateRuntimeInput): string[] {
+  if (typeof input !== 'object' || input === null) return ['input must be a JSON object'];
+  const problems: string[] = [];
+  if (typeof input.userId !== 'string' || !userIdPattern.test(input.userId)) problems.push('userId: expected a lowercase UUID');
+  if (typeof input.target !== 'string' || !/^[a-z0-9][a-z0-9.-]{0,40}$/.test(input.target)) problems.push('target: expected "base", a tier name or an instance type such as t3.medium');
+  if (!MigrationReasons.includes(input.reason)) problems.push(`reason: expected one of ${MigrationReasons.join(', ')}`);
+  if (input.targetHostId !== undefined && (typeof input.targetHostId !== 'string' || !hostIdPattern.test(input.targetHostId))) problems.push('targetHostId: expected a recorded host id');
+  return problems;
+}
+
+function operationOf(reason: MigrateRuntimeInput['reason']) {
+  if (reason === 'critical') return Operation.critical;
+  if (reason === 'scale-down') return Operation.scaleDown;
+  return Operation.migrate;
+}
+
+/**
+ * Moves a user's running runtime to another host: any host to any host (base, EC2). The source keeps
+ * serving until the target answers; anything failing before the editor is switched leaves the user on
+ * the source, running, with no target instance left behind, and the migrations row naming the step.
+ */
+export async function migrateRuntime(input: MigrateRuntimeInput): Promise<MigrateRuntimeResult> {
+  const problems = validateMigrateInput(input);
+  if (problems.length > 0) {
+    throw ApplicationFailure.create({ type: ErrorType.InvalidInput, message: `invalid migrateRuntime input: ${problems.join('; ')}`, nonRetryable: true });
+  }
+  let step = 'begin';
+  let escalated = input.reason === 'critical';
+  setHandler(stepQuery, () => step);
+  setHandler(escalateSignal, () => {
+    escalated = true;
+  });
+  const { workflowId } = workflowInfo();
+  tagOperation({ operation: operationOf(input.reason), userId: input.userId });
+  const migrationId = uuid4();
+  /** Undo steps, run newest first when a step before the commit fails. */
+  const undo: { name: string; run: () => Promise<unknown> }[] = [];
+  let plan: MigrationPlan | undefined;
+  let paused = false;
+  try {
+    plan = await db.beginMigration({ migrationId, userId: input.userId, target: input.target, reason: input.reason, workflowId, ...(input.targetHostId ? { targetHostId: input.targetHostId } : {}) });
+    const source = plan.runtime;
+    const bulk = bulkActivities(Math.max(plan.from.memoryBytes, plan.to.memoryBytes));
+    paused = plan.runtimeState === 'paused';
+    tagOperation({ operation: operationOf(input.reason), userId: input.userId, sourceHost: source.hostId, instanceType: plan.to.instanceType ?? 'base' });
+
+    const pauseSource = async () => {
+      if (paused) return;
+      await onHost.pauseRuntime({ hostId: source.hostId, containerName: source.containerName });
+      paused = true;
+    };
+    undo.push({ name: 'resume the source', run: () => onHost.unpauseRuntime({ hostId: source.hostId, containerName: source.containerName }) });
+    if (escalated) {
+      step = 'pause';
+      await pauseSource();
+    }
+
+    step = 'target';
+    const target = await chooseTarget(plan, input, workflowId);
+    if (target.owned) undo.push({ name: 'terminate the target host', run: () => db.terminateHost({ hostId: target.hostId, reason: `migration ${migrationId} failed` }) });
+    await db.recordMigrationStep({ migrationId, step, targetHostId: target.hostId });
+    tagOperation({ operation: operationOf(input.reason), userId: input.userId, sourceHost: source.hostId, targetHost: target.hostId, instanceType: plan.to.instanceType ?? 'base' });
+
+    step = 'prepare';
+    await db.recordMigrationStep({ migrationId, step });
+    const { uid, gid } = plan.containerUser;
+    const prepared = await onHost.prepareTarget({ migrationId, userId: input.userId, targetHostId: target.hostId, sourceHostId: source.hostId, containerName: source.containerName, preferPort: source.port, uid, gid });
+    undo.push({
+      name: 'remove the copy on the target',
+      run: () => onHost.discardTarget({ migrationId, userId: input.userId, targetHostId: target.hostId, sourceHostId: source.hostId, containerName: source.containerName, port: prepared.port }),
+    });
+
+    step = 'home';
+    await db.recordMigrationStep({ migrationId, step });
+    await waiting.syncHome({ migrationId, userId: input.userId, sourceHostId: source.hostId, targetHostId: target.hostId });
+
+    step = 'checkpoint';
+    await db.recordMigrationStep({ migrationId, step });
+    if (escalated) await pauseSource();
+    const dumped = await checkpointWhenIdle(() => bulk.checkpointToTarget({ migrationId, sourceHostId: source.hostId, targetHostId: target.hostId, containerName: source.containerName, wasPaused: paused }), escalated || input.reason === 'urgent');
+    paused = true;
+
+    step = 'restore';
+    await db.recordMigrationStep({ migrationId, step });
+    const restored = await bulk.restoreOnTarget({
+      targetHostId: target.hostId,
+      containerName: source.containerName,
+      archivePath: dumped.archivePath,
+      address: prepared.address,
+      port: prepared.port,
+      memoryBytes: plan.to.memoryBytes,
+      cpus: plan.to.cpus,
+    });
+
+    step = 'health';
+    await db.recordMigrationStep({ migrationId, step });
+    await waiting.waitForRuntime({ runtimeId: source.runtimeId, address: prepared.address, port: prepared.port });
+
+    step = 'switch';
+    await db.recordMigrationStep({ migrationId, step });
+    const moved: RuntimePlacement = { ...source, hostId: target.hostId, address: prepared.address, port: prepared.port, state: 'running', tier: plan.to.name, memoryLimitBytes: restored.memoryLimitBytes, cpuLimit: plan.to.cpus };
+    const editor = plan.editor;
+    if (editor) {
+      // Registered before the call: a switch that half-applies must still be pointed back.
+      undo.push({ name: 'point the editor back at the source', run: () => waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: source }) });
+      await waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: moved });
+    }
+    const timings = await db.completeMigration({
+      migrationId,
+      runtimeId: source.runtimeId,
+      targetHostId: target.hostId,
+      port: prepared.port,
+      address: prepared.address,
+      tier: plan.to.name,
+      memoryLimitBytes: restored.memoryLimitBytes,
+      cpuLimit: plan.to.cpus,
+      checkpointStartedAt: dumped.startedAt,
+      timings: { checkpointMs: dumped.checkpointMs, transferMs: dumped.transferMs, restoreMs: restored.restoreMs, frozenMs: dumped.frozenMs, archiveBytes: dumped.archiveBytes, archiveSha256: dumped.sha256 },
+    });
+    // Committed: the user runs on the target. Nothing below may undo that.
+    undo.length = 0;
+
+    step = 'cleanup';
+    await cleanup.removeSourceRuntime({ migrationId, userId: input.userId, runtimeId: source.runtimeId, sourceHostId: source.hostId, targetHostId: target.hostId, containerName: source.containerName, port: source.port, timings: { ...timings } });
+    if (plan.sourceKind === 'ec2') await cleanup.terminateHost({ hostId: source.hostId, reason: `runtime moved to ${target.hostId}` });
+    step = 'done';
+    setStatus('completed');
+    return {
+      migrationId,
+      userId: input.userId,
+      runtimeId: source.runtimeId,
+      sourceHostId: source.hostId,
+      targetHostId: target.hostId,
+      fromTier: plan.from.name,
+      toTier: plan.to.name,
+      memoryLimitBytes: restored.memoryLimitBytes,
+      timings,
+    };
+  } catch (err) {
+    const failedAt = step;
+    step = 'failed';
+    await CancellationScope.nonCancellable(async () => {
+      for (const u of undo.reverse()) {
+        try {
+          await u.run();
+        } catch (undoError) {
+          log.warn(`undo step "${u.name}" failed`, { error: errorMessage(undoError) });
+        }
+      }
+      if (plan) {
+        try {
+          await db.failMigration({ migrationId, runtimeId: plan.runtime.runtimeId, step: failedAt, error: errorMessage(err) });
+        } catch (recordError) {
+          log.warn('recording the failed migration failed', { error: errorMessage(recordError) });
+        }
+      }
+    });
+    setStatus('failed');
+    throw err;
+  }
+}
+
+/** The host the runtime moves to, and whether this migration launched or claimed it (and so must give it back on failure). */
+async function chooseTarget(plan: MigrationPlan, input: MigrateRuntimeInput, workflowId: string): Promise<{ hostId: string; owned: boolean }> {
+  if (input.targetHostId) return { hostId: input.targetHostId, owned: false };
+  if (plan.to.instanceType === null) return { hostId: plan.baseHostId, owned: false };
+  const claimed = await db.claimReservation({ userId: input.userId, instanceType: plan.to.instanceType, claimedBy: workflowId, waitMs: 120_000 });
+  if (claimed) return { hostId: claimed.hostId, owned: true };
+  const hostId = `ec2-${uuid4().replace(/-/g, '').slice(0, 12)}`;
+  const launched = await executeChild(provisionHost, {
+    workflowId: workflowIds.provisionHost(hostId),
+    args: [{ hostId, userId: input.userId, tier: plan.to.name, instanceType: plan.to.instanceType, reserveForSeconds: 3600, claimedBy: workflowId, gpu: plan.to.gpu }],
+  });
+  return { hostId: launched.hostId, owned: true };
+}
+
+/**
+ * CRIU refuses a runtime holding an established TCP connection (an in-flight request, the user's own
+ * socket). Such a runtime is busy, not broken: try again for up to a minute (10 s when urgent).
+ */
+async function checkpointWhenIdle(checkpoint: () => Promise<CheckpointResult>, urgent: boolean): Promise<CheckpointResult> {
+  const budgetMs = urgent ? 10_000 : 60_000;
+  let waitedMs = 0;
+  let delayMs = 1000;
+  for (;;) {
+    try {
+      return await checkpoint();
+    } catch (err) {
+      const busy = (err as { cause?: { type?: string } }).cause?.type === ErrorType.RuntimeBusy;
+      if (!busy || waitedMs >= budgetMs) throw err;
+      await sleep(delayMs);
+      waitedMs += delayMs;
+      delayMs = Math.min(delayMs * 2, 8000);
+    }
+  }
 }

@@ -12,6 +12,11 @@ export interface MigrateRuntimeInput {
   /** `base`, a tier name of the user's plan, or an EC2 instance type on that plan's ladder. */
   target: string;
   reason: MigrationReason;
+  /**
+   * Operators only: a host that is already registered and ready (the tier still sets the limits).
+   * Without it the target is the base server for `base`, else a reserved or newly launched EC2 host.
+   */
+  targetHostId?: string;
 }
 
 export interface MigrationTimings {
