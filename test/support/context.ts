@@ -7,8 +7,11 @@ import pg from 'pg';
 import { join } from 'node:path';
 import { HostShells } from '../../activities/host-shell.js';
 import { probeHostFacts } from '../../activities/hosts.js';
+import type { ActivityDeps } from '../../activities/index.js';
 import type { UserEnvironmentConfig } from '../../activities/user-environment.js';
+import { startBootWatcher, type BootWatcher } from '../../infra/dev/simulated-cloud.js';
 import { createEc2Client } from '../../lib/aws.js';
+import type { CloudConfig } from '../../lib/config.js';
 import { createPool } from '../../lib/db.js';
 import { createStore, type Store } from '../../lib/store.js';
 import { createWorker } from '../../workers/worker.js';
@@ -134,10 +137,54 @@ export async function registerBaseHost(store: Store, shells: HostShells): Promis
   await store.hosts.markReady('base', await probeHostFacts(shells.for(connection)));
 }
 
+/**
+ * The worker's cloud settings for the run's simulated cloud (HarnessState.cloud). Instances are tagged
+ * with `deploymentId` (default: one per run), which scopes the reaper and a boot watcher to them.
+ */
+export function testCloud(state: HarnessState, overrides: Partial<CloudConfig> = {}): CloudConfig {
+  return {
+    provider: 'simulated',
+    amiIds: state.cloud.amiIds,
+    subnetId: state.cloud.subnetId,
+    securityGroupIds: [state.cloud.securityGroupId],
+    sshUser: 'root',
+    market: 'on-demand',
+    deploymentId: `run-${state.runId}`,
+    reservationTtlSeconds: 600,
+    reaperGraceSeconds: 900,
+    sshKeyPath: state.sshKeyPath,
+    ...overrides,
+  };
+}
+
+/**
+ * Boots the instances a test launches as namespace hosts (at their 10.77.N.64+ addresses, with the host
+ * key from their UserData). A test file that launches instances starts one and calls stop() in its
+ * after(), which destroys what it booted; give it the deployment id of the file's testCloud so it only
+ * boots that file's instances.
+ */
+export function startTestBootWatcher(state: HarnessState, opts: { deploymentId?: string } = {}): BootWatcher {
+  const ec2 = emulatorEc2(state);
+  const watcher = startBootWatcher({
+    ec2,
+    net: state.network,
+    runDir: state.runDir,
+    authorizedKeysPath: state.cloud.authorizedKeysPath,
+    ...(opts.deploymentId ? { deploymentId: opts.deploymentId } : {}),
+  });
+  return {
+    ...watcher,
+    stop: async () => {
+      await watcher.stop();
+      ec2.destroy();
+    },
+  };
+}
+
 /** A worker with the real activities, on a task queue of the test's own, from the run's prebuilt bundle. */
 export async function startTestWorker(
   state: HarnessState,
-  deps: { store: Store; shells: HostShells; environment?: UserEnvironmentConfig },
+  deps: { store: Store; shells: HostShells } & Partial<Pick<ActivityDeps, 'environment' | 'cloud' | 'tiers'>>,
   taskQueue = `test-${randomBytes(4).toString('hex')}`,
 ): Promise<{ worker: Worker; taskQueue: string; connection: NativeConnection }> {
   quietTemporalRuntime();
@@ -146,7 +193,7 @@ export async function startTestWorker(
     connection,
     namespace: state.temporal.namespace,
     taskQueue,
-    deps: { environment: testEnvironment(state), ...deps, ec2: emulatorEc2(state) },
+    deps: { environment: testEnvironment(state), cloud: testCloud(state), ...deps, ec2: emulatorEc2(state) },
     workflowBundlePath: state.workflowBundlePath,
     shutdownGraceTime: '2s',
   });

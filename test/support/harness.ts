@@ -5,6 +5,8 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { LocalShell } from '../../activities/host-shell.js';
 import { startEmbeddedPostgres } from '../../infra/dev/embedded-postgres.js';
+import { setupSimulatedCloud, type SimulatedCloud } from '../../infra/dev/simulated-cloud.js';
+import { createEc2Client } from '../../lib/aws.js';
 import { requireContainerTools, requireExecutable, resolveMotoServer, resolveTemporalCli } from '../../infra/dev/prerequisites.js';
 import { stopChild, waitFor } from '../../infra/dev/processes.js';
 import { startTemporalDevServer } from '../../infra/dev/temporal-dev.js';
@@ -35,6 +37,12 @@ export interface HarnessState {
   /** This machine as the base server, with podman storage of the run's own (the built images shared read-only). */
   baseHost: LocalBaseHost;
   images: { runtime: string; editor: string };
+  /**
+   * The simulated cloud on the run's emulator and network, set up once per run: instances launched into
+   * its subnet get addresses from <prefix>.64 up, where a test's boot watcher (startTestBootWatcher in
+   * context.ts) boots them as namespace hosts.
+   */
+  cloud: SimulatedCloud & { authorizedKeysPath: string };
 }
 
 export interface LocalBaseHost {
@@ -213,6 +221,8 @@ export async function startHarness(opts: { hosts?: number; toolsDir?: string } =
       NamespaceHostInfo[],
       string,
     ];
+    const ec2 = createEc2Client({ region: 'ca-central-1', endpoint: moto.endpoint, snapshotBucket: 'markco-test' }, { accessKeyId: 'markco-test', secretAccessKey: 'markco-test' });
+    const cloud = await setupSimulatedCloud(ec2, network!, { endpoint: moto.endpoint }).finally(() => ec2.destroy());
     const state: HarnessState = {
       runId,
       runDir,
@@ -226,6 +236,7 @@ export async function startHarness(opts: { hosts?: number; toolsDir?: string } =
       baseImage,
       baseHost: baseHost!,
       images: testImages,
+      cloud: { ...cloud, authorizedKeysPath: authorizedKeys },
     };
     const stateFile = join(runDir, 'state.json');
     writeFileSync(stateFile, JSON.stringify(state, null, 2));
