@@ -1,4 +1,5 @@
 import type { EC2Client } from '@aws-sdk/client-ec2';
+import type { CloudConfig } from '../lib/config.js';
 import type { Store } from '../lib/store.js';
 import type { Tier } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
@@ -16,6 +17,8 @@ export interface ActivityDeps {
   environment: UserEnvironmentConfig;
   /** The tier ladder per plan (lib/tiers.ts); the default ladder when absent. */
   tiers?: Record<Plan, Tier[]>;
+  /** EC2 hosts (MARKCO_CLOUD and the MARKCO_EC2_* variables); none are launched when absent. */
+  cloud?: CloudConfig;
 }
 
 function withTypedFailures<T extends Record<string, (...args: never[]) => Promise<unknown>>>(group: T): T {

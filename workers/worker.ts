@@ -72,7 +72,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
       connection,
       namespace: config.temporal.namespace,
       taskQueue: config.temporal.taskQueue,
-      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers },
+      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers, cloud: config.cloud },
       workflowBundlePath: bundle,
     });
     log.info({ taskQueue: config.temporal.taskQueue, namespace: config.temporal.namespace }, 'worker polling');

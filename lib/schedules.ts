@@ -1,0 +1,42 @@
+import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client, type ScheduleOptionsStartWorkflowAction, type ScheduleUpdateOptions } from '@temporalio/client';
+import type { ReapInstancesInput } from '../workflows/contracts/elastic.js';
+import { workflowIds } from '../workflows/contracts/operations.js';
+import type { reapInstances } from '../workflows/reaper.js';
+
+/** The reaper's schedule id (also the prefix of its runs' workflow ids: markco-reaper-<time>). */
+export const reaperScheduleId = workflowIds.reaper;
+
+/**
+ * Creates the schedule that runs reapInstances every 5 minutes, or brings an existing one to this
+ * definition (a changed task queue or interval after a deploy). Overlap Skip: a slow reaper run is
+ * never joined by a second one. Idempotent; returns whether it had to create the schedule.
+ */
+export async function ensureReaperSchedule(
+  client: Client,
+  taskQueue: string,
+  opts: { every?: string; input?: ReapInstancesInput } = {},
+): Promise<{ created: boolean }> {
+  const action: ScheduleOptionsStartWorkflowAction<typeof reapInstances> = {
+    type: 'startWorkflow',
+    workflowType: 'reapInstances',
+    workflowId: reaperScheduleId,
+    taskQueue,
+    args: [opts.input ?? {}],
+    workflowExecutionTimeout: '10m',
+  };
+  const definition: ScheduleUpdateOptions<ScheduleOptionsStartWorkflowAction<typeof reapInstances>> = {
+    spec: { intervals: [{ every: opts.every ?? '5m' }] },
+    action,
+    policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '5m', pauseOnFailure: false },
+    state: { note: 'Terminates managed EC2 instances that nothing needs (docs/runbook.md)' },
+  };
+  try {
+    await client.schedule.create({ scheduleId: reaperScheduleId, ...definition });
+    return { created: true };
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+    // Keep an operator's pause: only the definition is brought up to date.
+    await client.schedule.getHandle(reaperScheduleId).update((previous) => ({ ...definition, state: { ...definition.state, paused: previous.state.paused, ...(previous.state.note ? { note: previous.state.note } : {}) } }));
+    return { created: false };
+  }
+}
