@@ -99,8 +99,11 @@ export async function setupSimulatedCloud(ec2: Ec2, net: TestNetwork, opts: { en
 export interface BootWatcher {
   /** Stops watching and destroys every host it booted. */
   stop(): Promise<void>;
-  /** The next instance boots from a "bad AMI": its podman fails `container restore` (exit 125). */
-  failNextBoot(kind: 'restore'): void;
+  /**
+   * The next instance boots from a "bad AMI": with `restore` its podman fails `container restore`
+   * (exit 125); with `unsupported` its podman reports the crun runtime, so registerHost refuses the host.
+   */
+  failNextBoot(kind: BadAmi): void;
   /** The hosts booted and still running. */
   booted(): NamespaceHostInfo[];
   /** The host booted for an instance, if it runs. */
@@ -122,8 +125,11 @@ export interface BootWatcherOptions {
   log?: Pick<Logger, 'info' | 'warn'>;
 }
 
-/** sshd puts this in front of PATH on a bad-AMI host: podman as usual, except that restores fail. */
-const restoreFailsShim = `#!/bin/sh
+export type BadAmi = 'restore' | 'unsupported';
+
+/** sshd puts these in front of PATH on a bad-AMI host: podman as usual, except for one thing. */
+const badAmiShims: Record<BadAmi, string> = {
+  restore: `#!/bin/sh
 # A "bad AMI" of the simulated cloud (failNextBoot('restore')): restoring a checkpoint fails.
 prev=
 for arg in "$@"; do
@@ -134,7 +140,17 @@ for arg in "$@"; do
   prev=$arg
 done
 exec /usr/bin/podman "$@"
-`;
+`,
+  unsupported: `#!/bin/sh
+# A "bad AMI" of the simulated cloud (failNextBoot('unsupported')): podman runs containers with crun,
+# which cannot checkpoint here.
+if [ "$1" = info ]; then
+  echo "crun v1"
+  exit 0
+fi
+exec /usr/bin/podman "$@"
+`,
+};
 
 const lastOctet = (ip: string) => Number(ip.split('.')[3]);
 
@@ -147,7 +163,7 @@ export function startBootWatcher(opts: BootWatcherOptions): BootWatcher {
   const hosts = new Map<string, NamespaceHostInfo>();
   const inFlight = new Map<string, Promise<void>>();
   const givenUp = new Set<string>();
-  let failNext: 'restore' | undefined;
+  let failNext: BadAmi | undefined;
   let stopped = false;
   const filters = [
     { Name: `tag:${managedTag.key}`, Values: [managedTag.value] },
@@ -173,11 +189,12 @@ export function startBootWatcher(opts: BootWatcherOptions): BootWatcher {
       writeFileSync(authorizedKeys, `${keys.authorizedKeys.join('\n')}\n`, { mode: 0o600 });
     }
     const pathPrefix: string[] = [];
-    if (failNext === 'restore') {
-      failNext = undefined;
+    const badAmi = failNext;
+    failNext = undefined;
+    if (badAmi) {
       const bin = join(dir, 'bad-ami-bin');
       mkdirSync(bin, { recursive: true });
-      writeFileSync(join(bin, 'podman'), restoreFailsShim);
+      writeFileSync(join(bin, 'podman'), badAmiShims[badAmi]);
       chmodSync(join(bin, 'podman'), 0o755);
       pathPrefix.push(bin);
     }
@@ -193,7 +210,7 @@ export function startBootWatcher(opts: BootWatcherOptions): BootWatcher {
       pathPrefix,
     });
     hosts.set(i.instanceId, info);
-    log.info({ instanceId: i.instanceId, hostId, address, badAmi: pathPrefix.length > 0 }, 'simulated instance booted');
+    log.info({ instanceId: i.instanceId, hostId, address, badAmi: badAmi ?? null }, 'simulated instance booted');
   }
 
   async function shutDown(instanceId: string): Promise<void> {
@@ -253,7 +270,7 @@ export function startBootWatcher(opts: BootWatcherOptions): BootWatcher {
       await Promise.allSettled([...hosts.keys()].map((id) => shutDown(id)));
     },
     failNextBoot(kind) {
-      if (kind !== 'restore') throw new Error(`unknown boot failure ${String(kind)}`);
+      if (!(kind in badAmiShims)) throw new Error(`unknown bad AMI ${String(kind)} (expected ${Object.keys(badAmiShims).join(' or ')})`);
       failNext = kind;
     },
     booted: () => [...hosts.values()],
