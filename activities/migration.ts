@@ -7,7 +7,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { reachableAddressOf, type HostRecord } from '../lib/store.js';
-import { defaultTierLadder, tierNamed, type Tier } from '../lib/tiers.js';
+import { defaultTierLadder, nextTier, smallestTierFor, tierNamed, type Tier } from '../lib/tiers.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import type { MigrationTimings } from '../workflows/contracts/elastic.js';
 import type { EditorPlacement, RuntimePlacement } from '../workflows/contracts/user-environment.js';
@@ -70,11 +70,16 @@ function fail(type: ErrorType, message: string): never {
   throw ApplicationFailure.create({ type, message, nonRetryable: true });
 }
 
-/** Where a migration keeps its files on a host; the roles differ, so hosts sharing a disk (tests) never collide. */
-export function migrationScratch(scratchDir: string, migrationId: string): { dir: string; fifo: string; archive: string } {
+/**
+ * Where a migration keeps its files on a host: a directory per role, so hosts that share a disk (test
+ * hosts do) never remove each other's files.
+ */
+export function migrationScratch(scratchDir: string, migrationId: string): { sourceDir: string; targetDir: string; fifo: string; archive: string } {
   if (!/^[0-9a-f-]{36}$/.test(migrationId)) throw new Error(`invalid migration id ${migrationId}`);
   const dir = posix.join(scratchDir, 'migrations', migrationId);
-  return { dir, fifo: posix.join(dir, 'source-out.fifo'), archive: posix.join(dir, 'target-in.tar') };
+  const sourceDir = posix.join(dir, 'source');
+  const targetDir = posix.join(dir, 'target');
+  return { sourceDir, targetDir, fifo: posix.join(sourceDir, 'out.fifo'), archive: posix.join(targetDir, 'in.tar') };
 }
 
 const connectedTcp = /Connected TCP socket|consider using --tcp-established/;
@@ -104,6 +109,23 @@ export function createMigrationActivities(deps: ActivityDeps) {
   const scratchDir = env.scratchDir ?? posix.join(posix.dirname(env.usersDir), 'scratch');
   const homeOf = (userId: string) => posix.join(env.usersDir, userId);
 
+  /**
+   * `auto` sizes the target from the memory in use so the runtime lands at about half its new limit:
+   * at least one rung up under pressure, the smallest rung that fits when scaling down.
+   */
+  function resolveAutoTier(plan: Plan, currentTier: string, usedBytes: number, reason: string): Tier {
+    const fits = smallestTierFor(ladder, plan, usedBytes, 1.0);
+    const tiers = ladder[plan];
+    const at = tiers.findIndex((t) => t.name === currentTier);
+    if (reason === 'scale-down') {
+      if (tiers.indexOf(fits) >= at) fail(ErrorType.Conflict, `no smaller tier than ${currentTier} holds ${usedBytes} bytes with room to spare`);
+      return fits;
+    }
+    const up = nextTier(ladder, plan, currentTier);
+    if (!up) fail(ErrorType.Conflict, `the runtime is on the top tier of the ${plan} plan (${currentTier})`);
+    return tiers.indexOf(fits) > tiers.indexOf(up) ? fits : up;
+  }
+
   function resolveTier(plan: Plan, target: string): Tier {
     const byName = tierNamed(ladder, plan, target) ?? ladder[plan].find((t) => t.instanceType === target);
     if (!byName) {
@@ -127,7 +149,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
      * Reads the runtime and resolves the target tier, then records the migration (its id comes from the
      * workflow, so a retry finds its own row) and marks the runtime `migrating`.
      */
-    async beginMigration(input: { migrationId: string; userId: string; target: string; reason: string; workflowId: string; targetHostId?: string }): Promise<MigrationPlan> {
+    async beginMigration(input: { migrationId: string; userId: string; target: string; reason: string; workflowId: string; targetHostId?: string; usedBytes?: number }): Promise<MigrationPlan> {
       const user = await store.users.get(input.userId);
       if (!user) fail(ErrorType.NotFound, `user ${input.userId} does not exist`);
       const runtime = await store.runtimes.live(input.userId);
@@ -136,7 +158,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       if (!existing && !['running', 'paused'].includes(runtime.state)) {
         fail(ErrorType.Conflict, `the runtime of user ${input.userId} is ${runtime.state}; only a running or paused runtime can be migrated`);
       }
-      const to = resolveTier(user.plan, input.target);
+      const to = input.target === 'auto' ? resolveAutoTier(user.plan, runtime.tier, input.usedBytes ?? runtime.memoryLimitBytes, input.reason) : resolveTier(user.plan, input.target);
       const from = tierNamed(ladder, user.plan, runtime.tier) ?? { name: runtime.tier, instanceType: null, memoryBytes: runtime.memoryLimitBytes, cpus: runtime.cpuLimit, gpu: false };
       const { host: source } = await hostShell(runtime.hostId);
       if (!existing && to.name === runtime.tier && !input.targetHostId) {
@@ -202,6 +224,13 @@ export function createMigrationActivities(deps: ActivityDeps) {
       };
     },
 
+    /** Where the user's runtime is now, for the entity's policy (null without a live runtime). */
+    async currentPlacement(input: { userId: string }): Promise<{ runtimeId: string; hostId: string; tier: string; memoryLimitBytes: number } | null> {
+      const rt = await store.runtimes.live(input.userId);
+      if (!rt?.hostId || !['running', 'paused', 'migrating', 'starting'].includes(rt.state)) return null;
+      return { runtimeId: rt.id, hostId: rt.hostId, tier: rt.tier, memoryLimitBytes: rt.memoryLimitBytes };
+    },
+
     /** The undo of beginMigration: the row says what failed at which step; the runtime is `running` again. */
     async failMigration(input: { migrationId: string; runtimeId: string; step: string; error: string; paused?: boolean }): Promise<void> {
       await store.migrations.fail(input.migrationId, { step: input.step, error: input.error });
@@ -238,7 +267,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       const port = await store.ports.lease({ hostId: host.id, userId: input.userId, purpose: 'runtime', prefer: input.preferPort });
       const home = homeOf(input.userId);
       const scratch = migrationScratch(scratchDir, input.migrationId);
-      await shell.run(['sh', '-c', 'mkdir -p "$1" "$2" && chown "$3" "$1"', 'markco-prepare', home, scratch.dir, `${input.uid}:${input.gid}`]);
+      await shell.run(['sh', '-c', 'mkdir -p "$1" "$2" && chown "$3" "$1"', 'markco-prepare', home, scratch.targetDir, `${input.uid}:${input.gid}`]);
       if (input.targetHostId !== input.sourceHostId) {
         const s = await status(shell, input.containerName);
         // Left by an earlier attempt that never became the user's runtime (the row still names the source).
@@ -296,7 +325,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       if (current === 'missing') fail(ErrorType.NotFound, `the runtime container ${input.containerName} is gone from host ${input.sourceHostId}`);
       const wasPaused = current === 'paused';
       if (wasPaused && !input.wasPaused) await source.shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
-      await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', onSource.dir, onSource.fifo]);
+      await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', onSource.sourceDir, onSource.fifo]);
       const abort = new AbortController();
       const outer = activitySignal();
       outer?.addEventListener('abort', () => abort.abort(), { once: true });
@@ -321,7 +350,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       });
       streaming.catch(() => abort.abort());
       const [dumped, streamed] = await Promise.allSettled([dumping, streaming]);
-      await source.shell.run(['rm', '-rf', onSource.dir]).catch(() => undefined);
+      await source.shell.run(['rm', '-rf', onSource.sourceDir]).catch(() => undefined);
       if (dumped.status === 'rejected') {
         await target.shell.run(['rm', '-f', onSource.archive, `${onSource.archive}.partial`]).catch(() => undefined);
         return checkpointFailure(source.shell, dumped.reason);
@@ -377,7 +406,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       if (limit !== input.memoryBytes) {
         throw new Error(`the restored runtime on ${host.id} has a memory limit of ${limit ?? 'none'} bytes, not the tier's ${input.memoryBytes}`);
       }
-      await shell.run(['rm', '-f', input.archivePath]).catch(() => undefined);
+      await shell.run(['rm', '-rf', posix.dirname(input.archivePath)]).catch(() => undefined);
       return { restoreMs: Date.now() - started, memoryLimitBytes: limit };
     },
 
@@ -392,7 +421,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
         await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
         if (input.port) await store.ports.release({ hostId: input.targetHostId, port: input.port });
       }
-      await shell.run(['rm', '-rf', migrationScratch(scratchDir, input.migrationId).dir]).catch(() => undefined);
+      await shell.run(['rm', '-rf', migrationScratch(scratchDir, input.migrationId).targetDir]).catch(() => undefined);
     },
 
     /**
@@ -433,7 +462,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       if (source && source.state !== 'terminated') {
         const { shell } = await hostShell(input.sourceHostId);
         await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
-        await shell.run(['rm', '-rf', migrationScratch(scratchDir, input.migrationId).dir]).catch(() => undefined);
+        await shell.run(['rm', '-rf', migrationScratch(scratchDir, input.migrationId).sourceDir]).catch(() => undefined);
       }
       await store.ports.release({ hostId: input.sourceHostId, port: input.port });
       await store.events.append({

@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { WorkflowFailedError, WorkflowNotFoundError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, TemporalFailure } from '@temporalio/common';
 import type { ImportProjectInput, ImportProjectResult, LoginInput, LoginResult, RuntimeStats, StopRuntimeInput, StopRuntimeResult } from '../workflows/contracts/user-environment.js';
+import type { MigrateRuntimeResult } from '../workflows/contracts/elastic.js';
 import { workflowIds } from '../workflows/contracts/operations.js';
+import { loginUpdate, migrateUpdate, pressureSignal, stopRuntimeUpdate, type MigrateRequest, type OperationRef, type PressureSignal } from '../workflows/contracts/runtime-entity.js';
 import { stepQuery } from '../workflows/contracts/messages.js';
 
 /**
@@ -56,9 +58,47 @@ export function createOperations(client: Client, taskQueue: string) {
     return { handle, operationId: encodeOperationId(workflowId, handle.firstExecutionRunId) };
   };
 
+  /**
+   * Login, stop and migrate go through the user's entity `runtime/<userId>` (started on first use): it
+   * runs them one at a time and answers with the child run doing the work, which is the operation.
+   */
+  const throughEntity = async <R>(userId: string, update: typeof loginUpdate | typeof stopRuntimeUpdate | typeof migrateUpdate, input: unknown) => {
+    let ref: OperationRef;
+    try {
+      ref = await client.workflow.executeUpdateWithStart(update as typeof migrateUpdate, {
+        args: [input as MigrateRequest],
+        startWorkflowOperation: new WithStartWorkflowOperation('userRuntime', {
+          workflowId: workflowIds.runtime(userId),
+          taskQueue,
+          args: [{ userId }],
+          workflowIdConflictPolicy: 'USE_EXISTING',
+        }),
+      });
+    } catch (err) {
+      // The entity's validator or handler refused: surface its typed failure, as a failed start would.
+      if (err instanceof WorkflowUpdateFailedError && err.cause) throw err.cause;
+      throw err;
+    }
+    const handle = client.workflow.getHandle<() => Promise<R>>(ref.workflowId, ref.runId, { firstExecutionRunId: ref.runId });
+    return { handle, operationId: encodeOperationId(ref.workflowId, ref.runId), joined: ref.joined };
+  };
+
   return {
-    startLogin: (input: LoginInput) => start<LoginInput, LoginResult>('login', workflowIds.login(input.userId), input, true),
-    startStopRuntime: (input: StopRuntimeInput) => start<StopRuntimeInput, StopRuntimeResult>('stopRuntime', workflowIds.stopRuntime(input.userId), input, true),
+    startLogin: (input: LoginInput) => throughEntity<LoginResult>(input.userId, loginUpdate, input),
+    startStopRuntime: (input: StopRuntimeInput) => throughEntity<StopRuntimeResult>(input.userId, stopRuntimeUpdate, input),
+    startMigration: (userId: string, request: MigrateRequest) => throughEntity<MigrateRuntimeResult>(userId, migrateUpdate, request),
+
+    /** A memory reading for the user's entity; dropped (false) when the user has none running. */
+    async signalPressure(userId: string, event: PressureSignal): Promise<boolean> {
+      try {
+        await client.workflow.getHandle(workflowIds.runtime(userId)).signal(pressureSignal, event);
+        return true;
+      } catch (err) {
+        if (err instanceof WorkflowNotFoundError) return false;
+        throw err;
+      }
+    },
+
     startImportProject: (input: ImportProjectInput) =>
       start<ImportProjectInput, ImportProjectResult>('importProject', workflowIds.importProject(input.userId, input.name ?? randomBytes(4).toString('hex')), input, false),
 

@@ -4,3 +4,4 @@ export { preProvisionHost, provisionHost } from './provision-host.js';
 export { reapInstances } from './reaper.js';
 export { registerHost } from './register-host.js';
 export { importProject, login, runtimeStats, stopRuntime } from './user-environment.js';
+export { userRuntime } from './user-runtime.js';

@@ -1,4 +1,6 @@
-import { upsertSearchAttributes } from '@temporalio/workflow';
+import { ApplicationFailure, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ErrorType } from './contracts/errors.js';
+import { workflowIds } from './contracts/operations.js';
 import { SearchAttr } from './contracts/search-attributes.js';
 import type { Operation, OperationStatus } from './contracts/operations.js';
 
@@ -33,4 +35,21 @@ export function errorMessage(err: unknown): string {
   // ActivityFailure wraps the activity's ApplicationFailure: report the cause, which says what happened.
   while (e && typeof e === 'object' && 'cause' in e && (e as { cause?: unknown }).cause) e = (e as { cause: unknown }).cause;
   return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * Operations that change a user's runtime run only as children of the user's entity, which runs one at
+ * a time (invariant 1). A direct start is refused with the command that goes through the entity.
+ */
+export function requireEntityParent(userId: string, workflowType: string, updateName: string): void {
+  const entity = workflowIds.runtime(userId);
+  if (workflowInfo().parent?.workflowId === entity) return;
+  throw ApplicationFailure.create({
+    type: ErrorType.InvalidInput,
+    nonRetryable: true,
+    message:
+      `${workflowType} runs only through the user's runtime entity ${entity}, one operation at a time: ` +
+      `temporal workflow execute-update-with-start --type userRuntime --workflow-id ${entity} --id-conflict-policy UseExisting ` +
+      `--task-queue <queue> --input '{"userId":"${userId}"}' --update-name ${updateName} --update-input '<the same JSON input>'`,
+  });
 }

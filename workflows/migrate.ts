@@ -19,7 +19,7 @@ import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import type { RuntimePlacement } from './contracts/user-environment.js';
 import { userIdPattern } from './contracts/users.js';
-import { errorMessage, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
 import { hostCommand, quick } from './options.js';
 import { provisionHost } from './provision-host.js';
 
@@ -66,6 +66,8 @@ export function validateMigrateInput(input: MigrateRuntimeInput): string[] {
   if (typeof input.userId !== 'string' || !userIdPattern.test(input.userId)) problems.push('userId: expected a lowercase UUID');
   if (typeof input.target !== 'string' || !/^[a-z0-9][a-z0-9.-]{0,40}$/.test(input.target)) problems.push('target: expected "base", a tier name or an instance type such as t3.medium');
   if (!MigrationReasons.includes(input.reason)) problems.push(`reason: expected one of ${MigrationReasons.join(', ')}`);
+  if (input.usedBytes !== undefined && (!Number.isInteger(input.usedBytes) || input.usedBytes < 0)) problems.push('usedBytes: expected a byte count');
+  if (input.target === 'auto' && input.usedBytes === undefined && input.reason === 'scale-down') problems.push('usedBytes: a scale-down to "auto" needs the memory in use');
   if (input.targetHostId !== undefined && (typeof input.targetHostId !== 'string' || !hostIdPattern.test(input.targetHostId))) problems.push('targetHostId: expected a recorded host id');
   return problems;
 }
@@ -86,6 +88,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
   if (problems.length > 0) {
     throw ApplicationFailure.create({ type: ErrorType.InvalidInput, message: `invalid migrateRuntime input: ${problems.join('; ')}`, nonRetryable: true });
   }
+  requireEntityParent(input.userId, 'migrateRuntime', 'migrate');
   let step = 'begin';
   let escalated = input.reason === 'critical';
   setHandler(stepQuery, () => step);
@@ -100,7 +103,15 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
   let plan: MigrationPlan | undefined;
   let paused = false;
   try {
-    plan = await db.beginMigration({ migrationId, userId: input.userId, target: input.target, reason: input.reason, workflowId, ...(input.targetHostId ? { targetHostId: input.targetHostId } : {}) });
+    plan = await db.beginMigration({
+      migrationId,
+      userId: input.userId,
+      target: input.target,
+      reason: input.reason,
+      workflowId,
+      ...(input.targetHostId ? { targetHostId: input.targetHostId } : {}),
+      ...(input.usedBytes !== undefined ? { usedBytes: input.usedBytes } : {}),
+    });
     const source = plan.runtime;
     const bulk = bulkActivities(Math.max(plan.from.memoryBytes, plan.to.memoryBytes));
     paused = plan.runtimeState === 'paused';

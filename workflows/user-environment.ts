@@ -14,7 +14,7 @@ import type {
   StopRuntimeResult,
 } from './contracts/user-environment.js';
 import { Plans, userIdPattern } from './contracts/users.js';
-import { errorMessage, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
 import { hostCommand, quick } from './options.js';
 
 const db = proxyActivities<Activities>(quick);
@@ -54,6 +54,7 @@ export function validateLoginInput(input: LoginInput): string[] {
 export async function login(input: LoginInput): Promise<LoginResult> {
   const problems = validateLoginInput(input);
   if (problems.length > 0) invalid('login', problems);
+  requireEntityParent(input.userId, 'login', 'login');
   let step = 'plan';
   setHandler(stepQuery, () => step);
   tagOperation({ operation: Operation.login, userId: input.userId });
@@ -124,6 +125,7 @@ export async function login(input: LoginInput): Promise<LoginResult> {
 export async function stopRuntime(input: StopRuntimeInput): Promise<StopRuntimeResult> {
   const problems = userIdProblems(input);
   if (problems.length > 0) invalid('stopRuntime', problems);
+  requireEntityParent(input.userId, 'stopRuntime', 'stopRuntime');
   let step = 'remove';
   setHandler(stepQuery, () => step);
   tagOperation({ operation: Operation.stopRuntime, userId: input.userId });

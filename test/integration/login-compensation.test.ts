@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WithStartWorkflowOperation, WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import type { Activities } from '../../activities/index.js';
+import { loginUpdate } from '../../workflows/contracts/runtime-entity.js';
 import type { LoginPlan, RuntimePlacement } from '../../workflows/contracts/user-environment.js';
 import { temporalClient, useHarness } from '../support/context.js';
 
@@ -13,10 +14,11 @@ import { temporalClient, useHarness } from '../support/context.js';
  * real activities are exercised by login-workflow.test.ts and edge-login.test.ts.
  */
 const h = useHarness();
-const userId = '5d1c2b7e-0000-4000-8000-00000000c0de';
+// Each run has a user (and so an entity) of its own, on the run's own task queue.
+let userId = '';
 
-const plan: LoginPlan = { user: { id: userId, name: null, email: 'c@example.test', plan: 'free' }, runtimeHostId: 'base', editorHostId: 'base', containerUser: { uid: 0, gid: 0 } };
-const runtime: RuntimePlacement = { runtimeId: 'rt-1', hostId: 'base', containerName: `rt-${userId}`, port: 28001, address: '127.0.0.1', state: 'starting', tier: 'base', memoryLimitBytes: 1, cpuLimit: 1 };
+const planOf = (): LoginPlan => ({ user: { id: userId, name: null, email: 'c@example.test', plan: 'free' }, runtimeHostId: 'base', editorHostId: 'base', containerUser: { uid: 0, gid: 0 } });
+const runtimeOf = (): RuntimePlacement => ({ runtimeId: 'rt-1', hostId: 'base', containerName: `rt-${userId}`, port: 28001, address: '127.0.0.1', state: 'starting', tier: 'base', memoryLimitBytes: 1, cpuLimit: 1 });
 
 describe('login compensation (stand-in activities)', () => {
   let connection: NativeConnection;
@@ -25,9 +27,10 @@ describe('login compensation (stand-in activities)', () => {
   let failAt: 'waitForRuntime' | 'readyEditor' = 'waitForRuntime';
 
   const fake: Partial<Activities> = {
-    planLogin: async () => plan,
+    currentPlacement: async () => null,
+    planLogin: async () => planOf(),
     prepareHome: async () => ({ homeDir: '/x', initialized: false }),
-    ensureRuntime: async () => runtime,
+    ensureRuntime: async () => runtimeOf(),
     waitForRuntime: async () => {
       if (failAt === 'waitForRuntime') throw ApplicationFailure.create({ type: 'InvalidInput', message: 'MRP never answered', nonRetryable: true });
       return { readyMs: 1 };
@@ -49,9 +52,17 @@ describe('login compensation (stand-in activities)', () => {
 
   async function runLogin(taskQueue: string) {
     const worker = await Worker.create({ connection, namespace: h.state.temporal.namespace, taskQueue, activities: fake, workflowBundle: { codePath: h.state.workflowBundlePath } });
-    return worker.runUntil(
-      client.client.workflow.execute('login', { taskQueue, workflowId: `test/${randomBytes(4).toString('hex')}`, args: [{ userId }] }).catch((e: unknown) => e),
-    );
+    userId = `5d1c2b7e-0000-4000-8000-${randomBytes(6).toString('hex')}`;
+    return worker.runUntil(async () => {
+      // The way the edge starts a login: an update of the user's entity, which starts the login child.
+      const ref = await client.client.workflow.executeUpdateWithStart(loginUpdate, {
+        args: [{ userId }],
+        startWorkflowOperation: new WithStartWorkflowOperation('userRuntime', { workflowId: `runtime/${userId}`, taskQueue, args: [{ userId }], workflowIdConflictPolicy: 'USE_EXISTING' }),
+      });
+      const outcome = await client.client.workflow.getHandle(ref.workflowId, ref.runId).result().catch((e: unknown) => e);
+      await client.client.workflow.getHandle(`runtime/${userId}`).terminate('test done');
+      return outcome;
+    });
   }
 
   before(async () => {

@@ -58,7 +58,7 @@ describe('login workflow', () => {
 
   test('two concurrent logins of one user run as one and leave one runtime and one editor', async () => {
     const [a, b] = await Promise.all([ops.startLogin({ userId }), ops.startLogin({ userId })]);
-    assert.equal(a.handle.firstExecutionRunId, b.handle.firstExecutionRunId, 'the second login joined the first');
+    assert.equal(a.operationId, b.operationId, 'the second login joined the first');
     const result = (await a.handle.result()) as LoginResult;
     assert.deepEqual(await containersOf(userId), [`ed-${userId} running`, `rt-${userId} running`]);
     const runtimes = await db.pool.query('SELECT state, port, host_id FROM runtimes WHERE user_id = $1', [userId]);

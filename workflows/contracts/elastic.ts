@@ -9,9 +9,14 @@ export type MigrationReason = (typeof MigrationReasons)[number];
 
 export interface MigrateRuntimeInput {
   userId: string;
-  /** `base`, a tier name of the user's plan, or an EC2 instance type on that plan's ladder. */
+  /**
+   * `base`, a tier name of the user's plan, an EC2 instance type on that plan's ladder, or `auto`: sized
+   * from `usedBytes` (up the ladder for pressure, down for scale-down).
+   */
   target: string;
   reason: MigrationReason;
+  /** Memory in use when the policy decided (with `auto`). */
+  usedBytes?: number;
   /**
    * Operators only: a host that is already registered and ready (the tier still sets the limits).
    * Without it the target is the base server for `base`, else a reserved or newly launched EC2 host.

@@ -6,3 +6,4 @@ export * from './messages.js';
 export * from './users.js';
 export * from './user-environment.js';
 export * from './elastic.js';
+export * from './runtime-entity.js';

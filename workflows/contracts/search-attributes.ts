@@ -11,6 +11,10 @@ export const SearchAttr = {
   targetHost: defineSearchAttributeKey('MarkcoTargetHost', SearchAttributeType.KEYWORD),
   instanceType: defineSearchAttributeKey('MarkcoInstanceType', SearchAttributeType.KEYWORD),
   status: defineSearchAttributeKey('MarkcoStatus', SearchAttributeType.KEYWORD),
+  /** On the entity `runtime/<userId>`: running, migrating, starting, stopping, stopped. */
+  runtimeState: defineSearchAttributeKey('MarkcoRuntimeState', SearchAttributeType.KEYWORD),
+  /** On the entity: the host the runtime is on now. */
+  host: defineSearchAttributeKey('MarkcoHost', SearchAttributeType.KEYWORD),
 } as const;
 
 /** name -> type, as the `temporal` CLI and the operator service take them. */

@@ -1,0 +1,65 @@
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { MigrationReason } from './elastic.js';
+import type { LoginInput, StopRuntimeInput } from './user-environment.js';
+
+/**
+ * The per-user entity `runtime/<userId>` (type `userRuntime`): every operation that changes the user's
+ * runtime runs as its child, one at a time, in arrival order. Login, stop and migrate are updates that
+ * answer as soon as the child has started; memory pressure arrives as a signal.
+ */
+export interface UserRuntimeInput {
+  userId: string;
+  /** State handed over by continue-as-new; absent on a first start. */
+  carried?: unknown;
+  /** Continue as new after this many history events (default 5000; tests use less). */
+  maxHistoryEvents?: number;
+  /** How long memory must stay low on a big tier before scaling down (ms; default 30 min). */
+  scaleDownAfterMs?: number;
+}
+
+/** Which child an entity runs; each has a fixed workflow id per user (workflowIds.login / stopRuntime / migrate). */
+export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate';
+
+/** What an update answers: the child run that does the work, as the compute API's operation id is made from it. */
+export interface OperationRef {
+  workflowId: string;
+  runId: string;
+  operation: EntityOperationKind;
+  /** True when the request joined an operation of the same kind that was already running or queued. */
+  joined: boolean;
+}
+
+export interface MigrateRequest {
+  /** `base`, a tier name or instance type of the user's plan, or `auto` (sized from `usedBytes`). */
+  target: string;
+  reason?: MigrationReason;
+  usedBytes?: number;
+  targetHostId?: string;
+}
+
+/** A memory reading of the user's runtime (the monitor, the webhook, tests). */
+export interface PressureSignal {
+  runtimeId: string;
+  hostId: string;
+  usedBytes: number;
+  limitBytes?: number;
+  /** When it was measured: ISO time or epoch milliseconds. */
+  at: string | number;
+  source: string;
+}
+
+export interface EntityState {
+  userId: string;
+  running: { operation: EntityOperationKind; workflowId: string; runId: string } | null;
+  queue: EntityOperationKind[];
+  placement: { runtimeId: string; hostId: string; tier: string; memoryLimitBytes: number } | null;
+  band: string;
+  lowSince: string | null;
+  operationsRun: number;
+}
+
+export const loginUpdate = defineUpdate<OperationRef, [LoginInput]>('login');
+export const stopRuntimeUpdate = defineUpdate<OperationRef, [StopRuntimeInput]>('stopRuntime');
+export const migrateUpdate = defineUpdate<OperationRef, [MigrateRequest]>('migrate');
+export const pressureSignal = defineSignal<[PressureSignal]>('pressure');
+export const entityStateQuery = defineQuery<EntityState>('entityState');

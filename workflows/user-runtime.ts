@@ -1,0 +1,338 @@
+import {
+  allHandlersFinished,
+  ApplicationFailure,
+  condition,
+  continueAsNew,
+  getExternalWorkflowHandle,
+  log,
+  ParentClosePolicy,
+  proxyActivities,
+  setHandler,
+  sleep,
+  startChild,
+  upsertSearchAttributes,
+  workflowInfo,
+  WorkflowIdReusePolicy,
+  type ChildWorkflowHandle,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities/index.js';
+import type { MigrateRuntimeInput, MigrateRuntimeResult } from './contracts/elastic.js';
+import { ErrorType } from './contracts/errors.js';
+import { stepQuery } from './contracts/messages.js';
+import { Operation, workflowIds } from './contracts/operations.js';
+import {
+  entityStateQuery,
+  loginUpdate,
+  migrateUpdate,
+  pressureSignal,
+  stopRuntimeUpdate,
+  type EntityOperationKind,
+  type MigrateRequest,
+  type OperationRef,
+  type PressureSignal,
+  type UserRuntimeInput,
+} from './contracts/runtime-entity.js';
+import { SearchAttr } from './contracts/search-attributes.js';
+import type { LoginInput, LoginResult, StopRuntimeInput } from './contracts/user-environment.js';
+import { userIdPattern } from './contracts/users.js';
+import { errorMessage, tagOperation } from './lifecycle.js';
+import { escalateSignal, validateMigrateInput } from './migrate.js';
+import { quick } from './options.js';
+import {
+  currentBand,
+  decide,
+  defaultPolicyConfig,
+  initialPolicyState,
+  onOperationFinished,
+  onOperationStarted,
+  onPlacementChanged,
+  scaleDownDue,
+  type Placement,
+  type PolicyAction,
+  type PolicyConfig,
+  type PolicyState,
+} from './runtime-policy.js';
+import { validateLoginInput } from './user-environment.js';
+
+const db = proxyActivities<Activities>(quick);
+
+interface QueuedOperation {
+  kind: EntityOperationKind;
+  input: LoginInput | StopRuntimeInput | MigrateRuntimeInput;
+  started?: OperationRef;
+  failedToStart?: string;
+}
+
+interface Carried {
+  policy: PolicyState;
+  operationsRun: number;
+}
+
+const childTypes: Record<EntityOperationKind, string> = { login: 'login', 'stop-runtime': 'stopRuntime', migrate: 'migrateRuntime' };
+
+function childIdOf(kind: EntityOperationKind, userId: string): string {
+  if (kind === 'login') return workflowIds.login(userId);
+  if (kind === 'stop-runtime') return workflowIds.stopRuntime(userId);
+  return workflowIds.migrate(userId);
+}
+
+function invalid(problems: string[]): never {
+  throw ApplicationFailure.create({ type: ErrorType.InvalidInput, message: problems.join('; '), nonRetryable: true });
+}
+
+function epochOf(at: string | number): number {
+  return typeof at === 'number' ? at : Date.parse(at);
+}
+
+/**
+ * The user's runtime, as one long-lived workflow: it runs login, stop and migrate as children one at a
+ * time (invariant 1), joins a request to an operation of the same kind already running or queued, and
+ * turns memory readings into at most one action per threshold crossing (invariant 2, runtime-policy.ts).
+ */
+export async function userRuntime(input: UserRuntimeInput): Promise<void> {
+  if (typeof input !== 'object' || input === null || typeof input.userId !== 'string' || !userIdPattern.test(input.userId)) {
+    invalid(['invalid userRuntime input: userId: expected a lowercase UUID']);
+  }
+  const { userId } = input;
+  const config: PolicyConfig = { ...defaultPolicyConfig, ...(input.scaleDownAfterMs !== undefined ? { scaleDownAfterMs: input.scaleDownAfterMs } : {}) };
+  const maxHistoryEvents = input.maxHistoryEvents ?? 5000;
+  const carried = input.carried as Carried | undefined;
+  let policy: PolicyState = carried?.policy ?? initialPolicyState(null);
+  let operationsRun = carried?.operationsRun ?? 0;
+  const queue: QueuedOperation[] = [];
+  let running: (QueuedOperation & { started: OperationRef }) | undefined;
+  let preProvisioning = false;
+
+  tagOperation({ operation: Operation.runtime, userId });
+  setHandler(stepQuery, () => (running ? `running ${running.kind} (${running.started.workflowId})` : queue.length > 0 ? `starting ${queue[0]!.kind}` : 'idle'));
+  setHandler(entityStateQuery, () => ({
+    userId,
+    running: running ? { operation: running.kind, workflowId: running.started.workflowId, runId: running.started.runId } : null,
+    queue: queue.map((q) => q.kind),
+    placement: policy.placement
+      ? { runtimeId: policy.placement.runtimeId, hostId: policy.placement.hostId, tier: policy.placement.tier, memoryLimitBytes: policy.placement.memoryLimitBytes }
+      : null,
+    band: currentBand(policy),
+    lowSince: policy.lowSince === null ? null : new Date(policy.lowSince).toISOString(),
+    operationsRun,
+  }));
+
+  /** Queues a request, or joins the running or queued operation of the same kind; answers once its child has started. */
+  async function request(kind: EntityOperationKind, childInput: QueuedOperation['input'], front = false): Promise<OperationRef> {
+    if (running?.kind === kind) return { ...running.started, joined: true };
+    const queued = queue.find((q) => q.kind === kind);
+    const entry = queued ?? { kind, input: childInput };
+    if (!queued) {
+      if (front) queue.unshift(entry);
+      else queue.push(entry);
+    }
+    await condition(() => entry.started !== undefined || entry.failedToStart !== undefined);
+    if (entry.failedToStart !== undefined) throw ApplicationFailure.create({ type: ErrorType.Conflict, message: entry.failedToStart, nonRetryable: true });
+    return { ...entry.started!, joined: queued !== undefined };
+  }
+
+  setHandler(loginUpdate, (login) => request('login', login), {
+    validator: (login) => {
+      const problems = validateLoginInput(login);
+      if (problems.length > 0 || login.userId !== userId) invalid([`invalid login input: ${[...problems, ...(login.userId !== userId ? [`userId: this entity is ${userId}`] : [])].join('; ')}`]);
+    },
+  });
+  setHandler(stopRuntimeUpdate, (stop) => request('stop-runtime', stop), {
+    validator: (stop) => {
+      if (stop?.userId !== userId) invalid([`invalid stopRuntime input: userId: this entity is ${userId}`]);
+    },
+  });
+  setHandler(migrateUpdate, (m) => request('migrate', migrationInput(m)), {
+    validator: (m) => {
+      const problems = validateMigrateInput(migrationInput(m));
+      if (problems.length > 0) invalid([`invalid migrate input: ${problems.join('; ')}`]);
+      if (policy.placement && m.target === policy.placement.tier && !m.targetHostId && !running && queue.length === 0) {
+        throw ApplicationFailure.create({ type: ErrorType.Conflict, message: `the runtime is already on tier ${m.target}`, nonRetryable: true });
+      }
+    },
+  });
+
+  function migrationInput(m: MigrateRequest): MigrateRuntimeInput {
+    return {
+      userId,
+      target: m?.target,
+      reason: m?.reason ?? 'operator',
+      ...(m?.usedBytes !== undefined ? { usedBytes: m.usedBytes } : {}),
+      ...(m?.targetHostId !== undefined ? { targetHostId: m.targetHostId } : {}),
+    };
+  }
+
+  function act(action: PolicyAction): void {
+    switch (action.kind) {
+      case 'none':
+        return;
+      case 'pre-provision':
+        void preProvision();
+        return;
+      case 'migrate': {
+        const m = { userId, target: 'auto', reason: action.reason, usedBytes: action.usedBytes } satisfies MigrateRuntimeInput;
+        // The answer goes nowhere: the policy is the caller. A failure to start is logged by the loop.
+        request('migrate', m, action.reason === 'critical').catch(() => undefined);
+        return;
+      }
+      case 'escalate':
+        if (running?.kind === 'migrate') {
+          getExternalWorkflowHandle(running.started.workflowId, running.started.runId)
+            .signal(escalateSignal)
+            .catch((err: unknown) => log.warn('could not escalate the running migration', { error: errorMessage(err) }));
+        } else {
+          const used = policy.latest?.usedBytes ?? 0;
+          request('migrate', { userId, target: 'auto', reason: 'critical', usedBytes: used }, true).catch(() => undefined);
+        }
+        return;
+    }
+  }
+
+  /** Reserves the next tier's host beside the slot: a login or migration never waits for an EC2 boot. */
+  async function preProvision(): Promise<void> {
+    if (preProvisioning) return;
+    preProvisioning = true;
+    try {
+      await startChild('preProvisionHost', {
+        workflowId: workflowIds.preProvision(userId),
+        args: [{ userId }],
+        parentClosePolicy: ParentClosePolicy.ABANDON,
+        workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
+        typedSearchAttributes: [
+          { key: SearchAttr.userId, value: userId },
+          { key: SearchAttr.operation, value: Operation.preProvision },
+        ],
+      });
+    } catch (err) {
+      // Already running for this user: the reservation being made is the one wanted.
+      log.info('pre-provision not started', { error: errorMessage(err) });
+    } finally {
+      preProvisioning = false;
+    }
+  }
+
+  setHandler(pressureSignal, (event: PressureSignal) => {
+    const at = epochOf(event?.at);
+    if (!event || typeof event.usedBytes !== 'number' || !Number.isFinite(at)) return;
+    const decided = decide(policy, { runtimeId: event.runtimeId, hostId: event.hostId, usedBytes: event.usedBytes, ...(event.limitBytes !== undefined ? { limitBytes: event.limitBytes } : {}), at, source: event.source }, Date.now(), config);
+    policy = decided.state;
+    act(decided.action);
+  });
+
+  if (!policy.placement) policy = onPlacementChanged(policy, await placementNow(userId));
+
+  for (;;) {
+    const wakeAfter = policy.lowSince !== null ? Math.max(1000, policy.lowSince + config.scaleDownAfterMs - Date.now()) : policy.actedAt !== null ? config.staleActedMs + 1000 : undefined;
+    const woke = await condition(() => queue.length > 0 || historyTooLong(maxHistoryEvents), wakeAfter);
+    if (!woke && policy.latest && queue.length === 0) {
+      // No fresh reading arrived: a due scale-down, or the retry of a failed migration, is decided on the last one.
+      if (scaleDownDue(policy, Date.now(), config) || policy.actedAt !== null) {
+        const decided = decide(policy, policy.latest, Date.now(), config);
+        policy = decided.state;
+        act(decided.action);
+      }
+      continue;
+    }
+    if (queue.length === 0 && historyTooLong(maxHistoryEvents)) {
+      await condition(() => queue.length === 0 && allHandlersFinished());
+      if (queue.length === 0) await continueAsNew<typeof userRuntime>({ ...input, carried: { policy, operationsRun } satisfies Carried });
+      continue;
+    }
+    const next = queue.shift();
+    if (!next) continue;
+    await runOperation(next);
+  }
+
+  async function runOperation(next: QueuedOperation): Promise<void> {
+    const childId = childIdOf(next.kind, userId);
+    let handle: ChildWorkflowHandle<(i: unknown) => Promise<unknown>>;
+    try {
+      handle = await startWithRetry(next, childId);
+    } catch (err) {
+      next.failedToStart = `could not start ${next.kind} for user ${userId}: ${errorMessage(err)}`;
+      log.warn(next.failedToStart);
+      return;
+    }
+    next.started = { workflowId: childId, runId: handle.firstExecutionRunId, operation: next.kind, joined: false };
+    running = next as QueuedOperation & { started: OperationRef };
+    operationsRun++;
+    policy = onOperationStarted(policy);
+    tagRuntime(next.kind === 'migrate' ? 'migrating' : next.kind === 'login' ? 'starting' : 'stopping', policy.placement?.hostId);
+    let placementChanged = false;
+    let placement: Placement | null | undefined;
+    try {
+      const result = await handle.result();
+      placement = placementFrom(next.kind, result);
+      placementChanged = true;
+    } catch (err) {
+      log.info(`${next.kind} failed`, { error: errorMessage(err) });
+      // A failed migration leaves the runtime where it was; a failed login may still have made one.
+      if (next.kind !== 'migrate') {
+        placement = await placementNow(userId);
+        placementChanged = true;
+      }
+    }
+    running = undefined;
+    policy = onOperationFinished(policy, placementChanged);
+    if (placement !== undefined) policy = onPlacementChanged(policy, placement);
+    tagRuntime(policy.placement ? 'running' : 'stopped', policy.placement?.hostId);
+  }
+
+  async function startWithRetry(next: QueuedOperation, childId: string): Promise<ChildWorkflowHandle<(i: unknown) => Promise<unknown>>> {
+    const operation = next.kind === 'migrate' ? migrateOperationOf(next.input as MigrateRuntimeInput) : next.kind === 'login' ? Operation.login : Operation.stopRuntime;
+    const options = {
+      workflowId: childId,
+      args: [next.input] as [unknown],
+      parentClosePolicy: ParentClosePolicy.ABANDON,
+      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
+      typedSearchAttributes: [
+        { key: SearchAttr.userId, value: userId },
+        { key: SearchAttr.operation, value: operation },
+      ],
+    };
+    // A run under the same id that started outside this entity (before it existed) must finish first.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await startChild<(i: unknown) => Promise<unknown>>(childTypes[next.kind], options);
+      } catch (err) {
+        if (attempt >= 60 || !/already started|AlreadyStarted/i.test(errorMessage(err) + String((err as Error).name))) throw err;
+        await sleep(2000);
+      }
+    }
+  }
+
+  function placementFrom(kind: EntityOperationKind, result: unknown): Placement | null {
+    const now = Date.now();
+    if (kind === 'stop-runtime') return null;
+    if (kind === 'login') {
+      const r = (result as LoginResult).runtime;
+      return { runtimeId: r.runtimeId, hostId: r.hostId, tier: r.tier, memoryLimitBytes: r.memoryLimitBytes, since: now };
+    }
+    const m = result as MigrateRuntimeResult;
+    return { runtimeId: m.runtimeId, hostId: m.targetHostId, tier: m.toTier, memoryLimitBytes: m.memoryLimitBytes, since: now };
+  }
+}
+
+function migrateOperationOf(input: MigrateRuntimeInput) {
+  if (input.reason === 'critical') return Operation.critical;
+  if (input.reason === 'scale-down') return Operation.scaleDown;
+  return Operation.migrate;
+}
+
+async function placementNow(userId: string): Promise<Placement | null> {
+  const p = await db.currentPlacement({ userId });
+  return p ? { ...p, since: Date.now() } : null;
+}
+
+function historyTooLong(maxHistoryEvents: number): boolean {
+  const info = workflowInfo();
+  return info.continueAsNewSuggested || info.historyLength > maxHistoryEvents;
+}
+
+/** MarkcoRuntimeState and MarkcoHost: "where is user X's runtime and what is it doing" in the Web UI. */
+function tagRuntime(state: string, hostId?: string): void {
+  upsertSearchAttributes([
+    { key: SearchAttr.runtimeState, value: state },
+    ...(hostId ? [{ key: SearchAttr.host, value: hostId }] : []),
+  ]);
+}
