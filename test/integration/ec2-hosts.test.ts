@@ -195,6 +195,29 @@ describe('EC2 hosts on the simulated cloud', () => {
       await acts.terminateHost({ hostId: claimed.hostId, reason: 'test done' });
     });
 
+    test('a migration may claim a host that is still booting: it waits until the host is ready, or gives the claim back', async () => {
+      const userId = await newUser();
+      const handle = await start<typeof preProvisionHost>('preProvisionHost', workflowIds.preProvision(userId), [{ userId, ttlSeconds: 60 }]);
+      await eventually('the launch being recorded', async () => (await db.pool.query(`SELECT 1 FROM hosts WHERE reserved_for = $1`, [userId])).rowCount === 1, 30_000);
+      const claimedBy = `user/${userId}/migrate`;
+      const claimed = await acts.claimReservation({ userId, instanceType: 't3.small', claimedBy, waitMs: 60_000 });
+      assert.ok(claimed, 'the booting host is claimed and waited for');
+      assert.equal((await db.store.hosts.get(claimed.hostId))?.state, 'ready', 'it is handed over once ready');
+      await handle.signal(reservationClaimedSignal, { hostId: claimed.hostId, claimedBy });
+      assert.equal((await handle.result()).outcome, 'claimed');
+      await acts.terminateHost({ hostId: claimed.hostId, reason: 'test done' });
+
+      // A host that never comes up: the claim is given back when the wait is over, so the reservation can lapse.
+      const stuck = `ec2-${randomBytes(6).toString('hex')}`;
+      await acts.recordLaunch({ hostId: stuck, instanceId: `i-${randomBytes(8).toString('hex')}`, instanceType: 't3.small', lifecycle: 'on-demand', tier: 't3.small', userId, reserveForSeconds: 60, launchedBy: 'test', sshUser: 'root', hostKey: 'ssh-ed25519 AAAAstuck' });
+      const waited = Date.now();
+      assert.equal(await acts.claimReservation({ userId, instanceType: 't3.small', claimedBy: 'impatient', waitMs: 1500 }), null);
+      assert.ok(Date.now() - waited >= 1400, 'it waited');
+      assert.equal((await db.store.hosts.get(stuck))?.claimedBy, null, 'the claim was given back');
+      assert.equal(await acts.claimReservation({ userId, instanceType: 't3.small', claimedBy: 'impatient' }), null, 'without waitMs only ready hosts are claimed');
+      await db.store.hosts.markTerminated(stuck);
+    });
+
     test('launching twice with one host id gives one instance', async () => {
       const userId = await newUser();
       const hostId = `ec2-${randomBytes(6).toString('hex')}`;
