@@ -23,13 +23,16 @@ import {
   parseCgroupMemoryLimit,
   parseCheckpointStats,
   parseRestoreStats,
+  parseStorageRoots,
+  relocateStoragePaths,
+  storageRootsArgs,
   pauseArgs,
   removeContainerArgs,
   restoreArgs,
   unpauseArgs,
   updateMemoryArgs,
 } from './podman-commands.js';
-import { streamFileBetweenHosts } from './transfer.js';
+import { streamFileBetweenHosts, TarMemberRewriter } from './transfer.js';
 import { basePathOf, containerUserFor, runtimeContainerPort } from './user-containers.js';
 
 /** A tier as the workflow sees it (workflows cannot import lib/tiers.ts). */
@@ -326,6 +329,13 @@ export function createMigrationActivities(deps: ActivityDeps) {
       const wasPaused = current === 'paused';
       if (wasPaused && !input.wasPaused) await source.shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
       await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', onSource.sourceDir, onSource.fifo]);
+      const [fromRoots, toRoots] = await Promise.all(
+        [source.shell, target.shell].map(async (sh) => parseStorageRoots((await sh.run(storageRootsArgs, { timeoutMs: 30_000 })).stdout)),
+      );
+      const relocate =
+        fromRoots!.graphRoot === toRoots!.graphRoot && fromRoots!.runRoot === toRoots!.runRoot
+          ? undefined
+          : new TarMemberRewriter(['config.dump', 'spec.dump'], (_name, data) => Buffer.from(relocateStoragePaths(data.toString('utf8'), fromRoots!, toRoots!), 'utf8'));
       const abort = new AbortController();
       const outer = activitySignal();
       outer?.addEventListener('abort', () => abort.abort(), { once: true });
@@ -347,6 +357,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
         timeoutMs: 30 * 60_000,
         progressEveryMs: 1000,
         onProgress: (p) => heartbeat({ step: 'transfer', bytes: p.bytes }),
+        ...(relocate ? { transform: relocate } : {}),
       });
       streaming.catch(() => abort.abort());
       const [dumped, streamed] = await Promise.allSettled([dumping, streaming]);

@@ -372,3 +372,29 @@ export function compareVersions(a: string, b: string): number {
   }
   return 0;
 }
+
+/** Where a host's podman keeps containers (`graphroot`) and their runtime state (`runroot`). */
+export const storageRootsArgs = ['podman', 'info', '--format', '{{.Store.GraphRoot}} {{.Store.RunRoot}}'];
+
+export function parseStorageRoots(stdout: string): { graphRoot: string; runRoot: string } {
+  const [graphRoot, runRoot] = stdout.trim().split(/\s+/);
+  if (!graphRoot?.startsWith('/') || !runRoot?.startsWith('/')) throw new Error(`unexpected podman storage roots: ${stdout.slice(0, 200)}`);
+  return { graphRoot, runRoot };
+}
+
+/**
+ * A checkpoint's config.dump and spec.dump hold paths under the source's storage roots, and podman 4.3
+ * restores them as they are (only the container id is swapped in). Identical roots (every production host
+ * uses podman's defaults) need nothing; otherwise the paths are moved to the target's roots.
+ */
+export function relocateStoragePaths(text: string, from: { graphRoot: string; runRoot: string }, to: { graphRoot: string; runRoot: string }): string {
+  let out = text;
+  for (const [a, b] of [
+    [from.graphRoot, to.graphRoot],
+    [from.runRoot, to.runRoot],
+  ] as const) {
+    if (a === b) continue;
+    out = out.split(`"${a}/`).join(`"${b}/`).split(`"${a}"`).join(`"${b}"`);
+  }
+  return out;
+}

@@ -55,6 +55,8 @@ export async function streamFileBetweenHosts(opts: {
   progressEveryMs?: number;
   signal?: AbortSignal;
   timeoutMs?: number;
+  /** Rewrites the bytes on the way (before hashing, so both ends agree on what the target got). */
+  transform?: Transform;
 }): Promise<TransferResult> {
   for (const p of [opts.fromPath, opts.toPath]) {
     if (!p.startsWith('/') || p.includes('\0')) throw new Error(`transfer paths must be absolute: ${JSON.stringify(p)}`);
@@ -65,9 +67,11 @@ export async function streamFileBetweenHosts(opts: {
   const common = { signal: opts.signal, timeoutMs: opts.timeoutMs };
   const reader = await opts.from.openReader(['cat', '--', opts.fromPath], common);
   reader.stdout.on('error', (err) => meter.destroy(err));
+  const source = opts.transform ? reader.stdout.pipe(opts.transform) : reader.stdout;
+  opts.transform?.on('error', (err) => meter.destroy(err));
   const writing = opts.to.run(
     ['sh', '-c', 'umask 077 && mkdir -p -- "$(dirname -- "$1")" && cat > "$1" && sha256sum -- "$1"', 'markco-receive', partial],
-    { ...common, stdin: reader.stdout.pipe(meter) },
+    { ...common, stdin: source.pipe(meter) },
   );
   let written: string;
   try {
@@ -86,4 +90,144 @@ export async function streamFileBetweenHosts(opts: {
   }
   await opts.to.run(['mv', '-f', '--', partial, opts.toPath]);
   return { bytes: meter.bytes, sha256: sent, durationMs: Date.now() - started };
+}
+
+const BLOCK = 512;
+
+function octal(field: Buffer): number {
+  // GNU base-256 for sizes beyond the 11 octal digits (8 GiB): high bit of the first byte set.
+  if (field[0]! & 0x80) {
+    let n = 0;
+    for (let i = 1; i < field.length; i++) n = n * 256 + field[i]!;
+    return n;
+  }
+  const text = field.toString('latin1').replace(/\0.*$/s, '').trim();
+  return text === '' ? 0 : Number.parseInt(text, 8);
+}
+
+function setOctal(header: Buffer, offset: number, length: number, value: number): void {
+  header.write(value.toString(8).padStart(length - 1, '0') + '\0', offset, length, 'latin1');
+}
+
+function withChecksum(header: Buffer): Buffer {
+  header.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const b of header) sum += b;
+  header.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'latin1');
+  return header;
+}
+
+/**
+ * Rewrites named small members of a tar stream as it passes (the rest flows through untouched, and once
+ * every named member has been seen, without parsing). Used for a checkpoint archive's config.dump and
+ * spec.dump, which sit before the memory images.
+ */
+export class TarMemberRewriter extends Transform {
+  private buffered: Buffer = Buffer.alloc(0);
+  private remaining: Set<string>;
+  /** Bytes of the current member (data + padding) still to pass through unparsed. */
+  private passBytes = 0;
+  private passthrough = false;
+  private paxSize: number | undefined;
+  private longName: string | undefined;
+  private pending: { header: Buffer; name: string; size: number; data: Buffer[]; got: number; kind: 'rewrite' | 'pax' | 'longname' } | undefined;
+
+  constructor(
+    members: string[],
+    private readonly rewrite: (name: string, data: Buffer) => Buffer,
+    private readonly maxMemberBytes = 4 * 1024 * 1024,
+  ) {
+    super();
+    this.remaining = new Set(members);
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    try {
+      if (this.passthrough) return cb(null, chunk);
+      this.buffered = this.buffered.length ? Buffer.concat([this.buffered, chunk]) : chunk;
+      this.drain();
+      cb();
+    } catch (err) {
+      cb(err as Error);
+    }
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.buffered.length) this.push(this.buffered);
+    this.buffered = Buffer.alloc(0);
+    cb();
+  }
+
+  private drain(): void {
+    for (;;) {
+      if (this.passthrough) {
+        if (this.buffered.length) this.push(this.buffered);
+        this.buffered = Buffer.alloc(0);
+        return;
+      }
+      if (this.passBytes > 0) {
+        const n = Math.min(this.passBytes, this.buffered.length);
+        if (n === 0) return;
+        this.push(this.buffered.subarray(0, n));
+        this.buffered = this.buffered.subarray(n);
+        this.passBytes -= n;
+        continue;
+      }
+      if (this.pending) {
+        const padded = Math.ceil(this.pending.size / BLOCK) * BLOCK;
+        if (this.buffered.length < padded) return;
+        const data = this.buffered.subarray(0, this.pending.size);
+        const whole = this.buffered.subarray(0, padded);
+        this.buffered = this.buffered.subarray(padded);
+        const p = this.pending;
+        this.pending = undefined;
+        if (p.kind === 'pax') {
+          this.paxSize = Number(/(?:^|\n)\d+ size=(\d+)\n/.exec(data.toString('utf8'))?.[1] ?? NaN) || undefined;
+          this.push(p.header);
+          this.push(whole);
+        } else if (p.kind === 'longname') {
+          this.longName = data.toString('utf8').replace(/\0+$/, '');
+          this.push(p.header);
+          this.push(whole);
+        } else {
+          const replaced = this.rewrite(p.name, Buffer.from(data));
+          const header = Buffer.from(p.header);
+          setOctal(header, 124, 12, replaced.length);
+          this.push(withChecksum(header));
+          this.push(replaced);
+          const pad = (BLOCK - (replaced.length % BLOCK)) % BLOCK;
+          if (pad) this.push(Buffer.alloc(pad));
+          this.remaining.delete(p.name);
+          if (this.remaining.size === 0) this.passthrough = true;
+        }
+        continue;
+      }
+      if (this.buffered.length < BLOCK) return;
+      const header = Buffer.from(this.buffered.subarray(0, BLOCK));
+      this.buffered = this.buffered.subarray(BLOCK);
+      if (header.every((b) => b === 0)) {
+        // End of archive (two zero blocks): nothing more to rewrite.
+        this.push(header);
+        this.passthrough = true;
+        continue;
+      }
+      const type = String.fromCharCode(header[156]!);
+      const prefix = header.subarray(345, 500).toString('latin1').replace(/\0.*$/s, '');
+      const shortName = header.subarray(0, 100).toString('latin1').replace(/\0.*$/s, '');
+      const name = this.longName ?? (prefix ? `${prefix}/${shortName}` : shortName);
+      const size = this.paxSize ?? octal(header.subarray(124, 136));
+      this.paxSize = undefined;
+      this.longName = undefined;
+      if (type === 'x' || type === 'g') {
+        this.pending = { header, name, size, data: [], got: 0, kind: 'pax' };
+      } else if (type === 'L') {
+        this.pending = { header, name, size, data: [], got: 0, kind: 'longname' };
+      } else if ((type === '0' || type === '\0') && this.remaining.has(name) && size <= this.maxMemberBytes) {
+        this.pending = { header, name, size, data: [], got: 0, kind: 'rewrite' };
+      } else {
+        this.push(header);
+        this.passBytes = Math.ceil(size / BLOCK) * BLOCK;
+      }
+    }
+  }
 }

@@ -1,6 +1,8 @@
 import type { Agent } from 'node:http';
 import type { Operations } from '../lib/operations.js';
 import type { Store } from '../lib/store.js';
+import type { Tier } from '../lib/tiers.js';
+import type { Plan } from '../workflows/contracts/users.js';
 import type { Auth } from './auth.js';
 import type { TunnelRegistry } from './proxy/forward.js';
 import type { RouteTable } from './route-table.js';
@@ -15,4 +17,6 @@ export interface PlatformDeps {
   adminConfigured: boolean;
   upstreamAgent: Agent;
   tunnels: TunnelRegistry;
+  /** The tier ladder per plan, to check a migration target before starting it. */
+  tiers: Record<Plan, Tier[]>;
 }

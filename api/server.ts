@@ -7,6 +7,7 @@ import { createPool, pingDatabase, type Pool } from '../lib/db.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { createOperations } from '../lib/operations.js';
 import { createStore } from '../lib/store.js';
+import { defaultTierLadder } from '../lib/tiers.js';
 import { buildApp } from './app.js';
 import { createAuth, secureCookiesFor } from './auth.js';
 import type { PlatformDeps } from './platform.js';
@@ -48,6 +49,7 @@ export async function createPlatform(opts: {
   namespace: string;
   taskQueue: string;
   http: Pick<Config['http'], 'adminToken' | 'publicUrl' | 'devLogin'>;
+  tiers?: Config['tiers'];
   log: Logger;
 }): Promise<{ platform: PlatformDeps; close: () => Promise<void> }> {
   const store = createStore(opts.pool);
@@ -62,6 +64,7 @@ export async function createPlatform(opts: {
     adminConfigured: opts.http.adminToken !== undefined,
     upstreamAgent: createUpstreamAgent(),
     tunnels: new TunnelRegistry(),
+    tiers: opts.tiers ?? defaultTierLadder,
   };
   return {
     platform,
@@ -86,6 +89,7 @@ export async function startEdge(config: Config, log: Logger) {
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
     http: config.http,
+    tiers: config.tiers,
     log,
   });
   const app = buildApp(

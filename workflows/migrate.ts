@@ -3,6 +3,7 @@ import {
   CancellationScope,
   defineSignal,
   executeChild,
+  getExternalWorkflowHandle,
   log,
   proxyActivities,
   setHandler,
@@ -12,7 +13,8 @@ import {
 } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import type { CheckpointResult, MigrationPlan } from '../activities/migration.js';
-import { MigrationReasons, type MigrateRuntimeInput, type MigrateRuntimeResult, type ProvisionedHost } from './contracts/elastic.js';
+import { MigrationReasons, type MigrateRuntimeInput, type MigrateRuntimeResult } from './contracts/elastic.js';
+import { reservationClaimedSignal } from './contracts/reservations.js';
 import { ErrorType, permanentErrorTypes } from './contracts/errors.js';
 import { hostIdPattern } from './contracts/hosts.js';
 import { stepQuery } from './contracts/messages.js';
@@ -26,13 +28,7 @@ import { provisionHost } from './provision-host.js';
 /** Critical pressure arrived while this migration runs: pause the source now if the dump has not started. */
 export const escalateSignal = defineSignal('escalate');
 
-/** What the EC2-host activities offer the saga (activities/ec2.ts, lib/store.ts hosts). */
-interface HostReservationActivities {
-  claimReservation(input: { userId: string; instanceType: string; claimedBy: string; waitMs?: number }): Promise<ProvisionedHost | null>;
-  terminateHost(input: { hostId: string; reason: string }): Promise<{ terminated: boolean }>;
-}
-
-type SagaActivities = Activities & HostReservationActivities;
+type SagaActivities = Activities;
 
 const db = proxyActivities<SagaActivities>(quick);
 const onHost = proxyActivities<SagaActivities>(hostCommand);
@@ -238,7 +234,13 @@ async function chooseTarget(plan: MigrationPlan, input: MigrateRuntimeInput, wor
   if (input.targetHostId) return { hostId: input.targetHostId, owned: false };
   if (plan.to.instanceType === null) return { hostId: plan.baseHostId, owned: false };
   const claimed = await db.claimReservation({ userId: input.userId, instanceType: plan.to.instanceType, claimedBy: workflowId, waitMs: 120_000 });
-  if (claimed) return { hostId: claimed.hostId, owned: true };
+  if (claimed) {
+    // Ends the reservation's wait now; the claim itself is already in PostgreSQL if the signal is lost.
+    await getExternalWorkflowHandle(workflowIds.preProvision(input.userId))
+      .signal(reservationClaimedSignal, { hostId: claimed.hostId, claimedBy: workflowId })
+      .catch(() => undefined);
+    return { hostId: claimed.hostId, owned: true };
+  }
   const hostId = `ec2-${uuid4().replace(/-/g, '').slice(0, 12)}`;
   const launched = await executeChild(provisionHost, {
     workflowId: workflowIds.provisionHost(hostId),

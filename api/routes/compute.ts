@@ -1,6 +1,8 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
+import { ApplicationFailure } from '@temporalio/common';
 import type { OperationState } from '../../lib/operations.js';
+import { ErrorType } from '../../workflows/contracts/errors.js';
 import { Plans, userIdPattern } from '../../workflows/contracts/users.js';
 import { requireOperator } from '../auth.js';
 import type { PlatformDeps } from '../platform.js';
@@ -14,6 +16,10 @@ import { parseBody } from '../validation.js';
 const StartRuntimeBody = z.strictObject({
   user_id: z.string().regex(userIdPattern, 'expected a user id (a lowercase UUID)'),
   plan: z.enum(Plans, { error: `expected one of ${Plans.join(', ')}` }).optional(),
+});
+
+const MigrateBody = z.strictObject({
+  target_type: z.string().regex(/^[a-z0-9][a-z0-9.-]{0,40}$/, 'expected "base", a tier name or an instance type such as t3.medium'),
 });
 
 const WaitQuery = z.object({
@@ -91,6 +97,29 @@ export function computeRoutes(deps: PlatformDeps): FastifyPluginAsync {
       if (!userId) return reply;
       if (!(await deps.store.runtimes.live(userId))) return reply.code(404).send({ error: 'not found', message: `user ${userId} has no runtime` });
       return startAndAnswer(req, reply, deps.operations.startStopRuntime({ userId }));
+    });
+
+    /** Moves the user's runtime to another tier (the same migration the memory policy starts). */
+    app.post('/api/runtimes/:userId/migrate', { preHandler: operator }, async (req, reply) => {
+      const userId = userParam(req, reply);
+      if (!userId) return reply;
+      const body = parseBody(MigrateBody, req.body, reply);
+      if (!body) return reply;
+      const user = await deps.store.users.get(userId);
+      const runtime = user && (await deps.store.runtimes.live(userId));
+      if (!user || !runtime) return reply.code(404).send({ error: 'not found', message: `user ${userId} has no runtime` });
+      const ladder = deps.tiers[user.plan];
+      const tier = ladder.find((t) => t.name === body.target_type || t.instanceType === body.target_type);
+      if (!tier) {
+        return reply.code(400).send({ error: 'invalid request', message: `target_type: ${body.target_type} is not a tier of the ${user.plan} plan (one of ${ladder.map((t) => t.name).join(', ')})` });
+      }
+      try {
+        return await startAndAnswer(req, reply, deps.operations.startMigration(userId, { target: tier.name, reason: 'operator' }));
+      } catch (err) {
+        if (err instanceof ApplicationFailure && err.type === ErrorType.Conflict) return reply.code(409).send({ error: 'conflict', message: err.message });
+        if (err instanceof ApplicationFailure && err.type === ErrorType.InvalidInput) return reply.code(400).send({ error: 'invalid request', message: err.message });
+        throw err;
+      }
     });
 
     // Operators see every operation; a signed-in user sees their own.

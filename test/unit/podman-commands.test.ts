@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  parseStorageRoots,
+  relocateStoragePaths,
   checkpointArgs,
   compareVersions,
   parseCheckpointStats,
@@ -131,4 +133,15 @@ test('versions are read and compared numerically', () => {
   assert.ok(compareVersions('4.10', '4.2') > 0);
   assert.ok(compareVersions('4.2', '4.2.0') === 0);
   assert.ok(compareVersions('3.17.1', '4.2') < 0);
+});
+
+test("a checkpoint's storage paths move to the target's roots, and stay when the roots are the same", () => {
+  const from = { graphRoot: '/var/lib/containers/storage', runRoot: '/run/containers/storage' };
+  const to = { graphRoot: '/srv/b/storage', runRoot: '/srv/b/run' };
+  const dump = JSON.stringify({ conmonPidFile: '/run/containers/storage/overlay-containers/abc/userdata/conmon.pid', rootfs: '/var/lib/containers/storage', other: '/run/containers/storagex/keep' });
+  const moved = JSON.parse(relocateStoragePaths(dump, from, to)) as Record<string, string>;
+  assert.deepEqual(moved, { conmonPidFile: '/srv/b/run/overlay-containers/abc/userdata/conmon.pid', rootfs: '/srv/b/storage', other: '/run/containers/storagex/keep' });
+  assert.equal(relocateStoragePaths(dump, from, from), dump);
+  assert.deepEqual(parseStorageRoots('/var/lib/containers/storage /run/containers/storage\n'), from);
+  assert.throws(() => parseStorageRoots('oops'), /unexpected podman storage roots/);
 });
