@@ -66,18 +66,28 @@ describe('docs/runbook.md', () => {
     const userId = '00000000-0000-4000-8000-000000000042';
     await db.pool.query(`INSERT INTO users (id, email, username) VALUES ($1, 'runbook@example.test', 'runbook')`, [userId]);
     try {
-      await cli(find(/^temporal workflow start .*--type login .*--id-conflict-policy UseExisting/));
+      const started = await cli(find(/^temporal workflow execute-update-with-start .*--type userRuntime .*--update-name login /));
+      assert.match(started, /user\/00000000-0000-4000-8000-000000000042\/login/, 'the update answers with the login child');
       const result = await cli(find(/^temporal workflow result --workflow-id user\/[0-9a-f-]+\/login$/));
       assert.match(result, /"url":\s*"\/u\/00000000-0000-4000-8000-000000000042\/"/);
       assert.match(await cli(find(/^temporal workflow query --workflow-id user\/[0-9a-f-]+\/login --type step$/)), /done/);
       assert.match(await cli(find(/^temporal workflow list --query 'MarkcoOperation="login" AND MarkcoUserId=/)), /user\/00000000-0000-4000-8000-000000000042\/login/);
       assert.equal((await db.store.runtimes.live(userId))?.state, 'running');
       assert.match(await cli(find(/^temporal workflow execute .*--type runtimeStats/)), /memoryUsedBytes/);
-      await cli(find(/^temporal workflow start .*--type stopRuntime/));
+      const entity = await cli(find(/^temporal workflow query --workflow-id runtime\/[0-9a-f-]+ --type entityState$/));
+      assert.match(entity, /"tier":\s*"base"/, 'the entity knows where the runtime is');
+      await cli(find(/^temporal workflow execute-update-with-start .*--type userRuntime .*--update-name stopRuntime /));
       await cli(find(/^temporal workflow result --workflow-id user\/[0-9a-f-]+\/stop-runtime$/));
       assert.equal(await db.store.runtimes.live(userId), undefined);
+      assert.match(await cli(find(/^temporal workflow query --workflow-id runtime\/[0-9a-f-]+ --type step$/)), /idle/);
     } finally {
+      await cli(`temporal workflow terminate --workflow-id runtime/${userId} --reason test-done`).catch(() => undefined);
       await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] });
     }
+  });
+
+  test('reapInstances: the dry run line answers with what it would do', async () => {
+    await cli(find(/^temporal workflow start --type reapInstances .*"dryRun":true/));
+    assert.match(await cli(find(/^temporal workflow result --workflow-id markco-reaper-manual$/)), /examined/);
   });
 });
