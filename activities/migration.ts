@@ -227,6 +227,11 @@ export function createMigrationActivities(deps: ActivityDeps) {
       };
     },
 
+    /** The entity's settings from the worker's configuration. */
+    async runtimePolicySettings(): Promise<{ scaleDownAfterMs: number }> {
+      return { scaleDownAfterMs: env.scaleDownAfterMs ?? 30 * 60_000 };
+    },
+
     /** Where the user's runtime is now, for the entity's policy (null without a live runtime). */
     async currentPlacement(input: { userId: string }): Promise<{ runtimeId: string; hostId: string; tier: string; memoryLimitBytes: number } | null> {
       const rt = await store.runtimes.live(input.userId);

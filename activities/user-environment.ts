@@ -53,6 +53,8 @@ export interface UserEnvironmentConfig {
   allowPrivateImports: boolean;
   /** Directory on every host for transient files such as checkpoint archives; next to usersDir by default. */
   scratchDir?: string;
+  /** The entity's scale-down delay (MARKCO_SCALE_DOWN_AFTER_S); 30 min when absent. */
+  scaleDownAfterMs?: number;
 }
 
 function fail(type: ErrorType, message: string): never {

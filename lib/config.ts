@@ -123,6 +123,7 @@ const ConfigSchema = z.object({
     .transform((v) => (v === '' ? 'on-demand' : v))
     .default('on-demand'),
   MARKCO_DEPLOYMENT_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/, 'expected a deployment id (letters, digits, dots, dashes, underscores; at most 64)').default('default'),
+  MARKCO_SCALE_DOWN_AFTER_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(1, 'expected 1 to 604800 seconds').max(604_800, 'expected 1 to 604800 seconds').default(1800),
   MARKCO_RESERVATION_TTL_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(1, 'expected 1 to 86400 seconds').max(86_400, 'expected 1 to 86400 seconds').default(600),
   MARKCO_REAPER_GRACE_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(0, 'expected 0 to 604800 seconds').max(604_800, 'expected 0 to 604800 seconds').default(900),
 });
@@ -161,6 +162,8 @@ export interface Config {
     runtimeImage: string;
     editorImage: string;
     allowPrivateImports: boolean;
+    /** How long memory must stay low on an EC2 tier before the runtime is scaled down. */
+    scaleDownAfterMs: number;
   };
   tiers: Record<Plan, Tier[]>;
   cloud: CloudConfig;
@@ -308,6 +311,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       runtimeImage: c.MARKCO_RUNTIME_IMAGE,
       editorImage: c.MARKCO_EDITOR_IMAGE,
       allowPrivateImports: c.MARKCO_IMPORT_ALLOW_PRIVATE,
+      scaleDownAfterMs: c.MARKCO_SCALE_DOWN_AFTER_S * 1000,
     },
   };
 }

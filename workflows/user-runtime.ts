@@ -94,7 +94,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     invalid(['invalid userRuntime input: userId: expected a lowercase UUID']);
   }
   const { userId } = input;
-  const config: PolicyConfig = { ...defaultPolicyConfig, ...(input.scaleDownAfterMs !== undefined ? { scaleDownAfterMs: input.scaleDownAfterMs } : {}) };
+  let config: PolicyConfig = { ...defaultPolicyConfig, ...(input.scaleDownAfterMs !== undefined ? { scaleDownAfterMs: input.scaleDownAfterMs } : {}) };
   const maxHistoryEvents = input.maxHistoryEvents ?? 5000;
   const carried = input.carried as Carried | undefined;
   let policy: PolicyState = carried?.policy ?? initialPolicyState(null);
@@ -211,7 +211,9 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     }
   }
 
+  let readings = 0;
   setHandler(pressureSignal, (event: PressureSignal) => {
+    readings++;
     const at = epochOf(event?.at);
     if (!event || typeof event.usedBytes !== 'number' || !Number.isFinite(at)) return;
     const decided = decide(policy, { runtimeId: event.runtimeId, hostId: event.hostId, usedBytes: event.usedBytes, ...(event.limitBytes !== undefined ? { limitBytes: event.limitBytes } : {}), at, source: event.source }, Date.now(), config);
@@ -219,11 +221,17 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     act(decided.action);
   });
 
+  // Handlers are registered above before anything awaits: the update that started this run is handled.
+  // The worker's configuration applies unless the input sets the delay (tests, an operator's override).
+  if (input.scaleDownAfterMs === undefined) config = { ...config, scaleDownAfterMs: (await db.runtimePolicySettings()).scaleDownAfterMs };
   if (!policy.placement) policy = onPlacementChanged(policy, await placementNow(userId));
 
   for (;;) {
     const wakeAfter = policy.lowSince !== null ? Math.max(1000, policy.lowSince + config.scaleDownAfterMs - Date.now()) : policy.actedAt !== null ? config.staleActedMs + 1000 : undefined;
-    const woke = await condition(() => queue.length > 0 || historyTooLong(maxHistoryEvents), wakeAfter);
+    const seenReadings = readings;
+    // A new reading can start (or cancel) the low-memory clock: wake to re-arm the timer.
+    const woke = await condition(() => queue.length > 0 || historyTooLong(maxHistoryEvents) || readings !== seenReadings, wakeAfter);
+    if (woke && readings !== seenReadings && queue.length === 0) continue;
     if (!woke && policy.latest && queue.length === 0) {
       // No fresh reading arrived: a due scale-down, or the retry of a failed migration, is decided on the last one.
       if (scaleDownDue(policy, Date.now(), config) || policy.actedAt !== null) {

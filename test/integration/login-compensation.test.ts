@@ -28,6 +28,7 @@ describe('login compensation (stand-in activities)', () => {
 
   const fake: Partial<Activities> = {
     currentPlacement: async () => null,
+    runtimePolicySettings: async () => ({ scaleDownAfterMs: 60_000 }),
     planLogin: async () => planOf(),
     prepareHome: async () => ({ homeDir: '/x', initialized: false }),
     ensureRuntime: async () => runtimeOf(),

@@ -9,7 +9,8 @@ import type { HostShells } from '../../activities/host-shell.js';
 import { waitFor } from '../../infra/dev/processes.js';
 import type { BootWatcher } from '../../infra/dev/simulated-cloud.js';
 import { createOperations, type Operations } from '../../lib/operations.js';
-import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { entityStateQuery } from '../../workflows/contracts/runtime-entity.js';
 import { hostEnvShell } from '../support/netns.js';
 
 /**
@@ -60,7 +61,8 @@ describe('migration failures and the critical path', () => {
       deploymentId = `fail-${randomBytes(3).toString('hex')}`;
       watcher = startTestBootWatcher(h.state, { deploymentId });
       ec2 = emulatorEc2(h.state);
-      const started = await startTestWorker(h.state, { store: db.store, shells, cloud: testCloud(h.state, { deploymentId }) });
+      // Scale-down after 2 s of low memory instead of 30 min.
+      const started = await startTestWorker(h.state, { store: db.store, shells, cloud: testCloud(h.state, { deploymentId }), environment: { ...testEnvironment(h.state), scaleDownAfterMs: 2000 } });
       worker = started.worker;
       running = worker.run();
       closeWorker = () => started.connection.close();
@@ -137,6 +139,38 @@ describe('migration failures and the critical path', () => {
       const found: string[] = [];
       for await (const w of listed) found.push(w.workflowId);
       assert.deepEqual(found, [`user/${userId}/migrate`], 'the critical migration is searchable as such');
+    });
+    test('memory that stays low on the EC2 tier scales the runtime back down to the base server and ends the instance', async () => {
+      const entity = temporal.client.workflow.getHandle(`runtime/${userId}`);
+      await waitFor(
+        'the entity to know the runtime is on t3.small',
+        async () => {
+          const s = await entity.query(entityStateQuery);
+          if (s.running !== null || s.placement?.tier !== 't3.small') throw new Error(JSON.stringify(s));
+        },
+        { timeoutMs: 30_000, intervalMs: 200 },
+      );
+      const rt = await runtimeRow();
+      const before = await execute('x');
+      await ops.signalPressure(userId, { runtimeId: rt.id, hostId: rt.hostId!, usedBytes: Math.round(rt.memoryLimitBytes * 0.05), at: Date.now(), source: 'test' });
+      const back = await waitFor(
+        'the runtime to be back on the base server',
+        async () => {
+          const now = await runtimeRow();
+          if (now.hostId !== 'base' || now.state !== 'running') throw new Error(`${now.hostId} ${now.state}`);
+          return now;
+        },
+        { timeoutMs: 120_000, intervalMs: 250 },
+      );
+      assert.equal(back.tier, 'base');
+      const after = await execute('x');
+      assert.equal(after.result, '42');
+      assert.ok(after.executionCount > before.executionCount);
+      const rows = await db.pool.query(`SELECT reason, status FROM migrations WHERE user_id = $1 ORDER BY started_at`, [userId]);
+      assert.deepEqual(rows.rows.map((r) => `${r.reason} ${r.status}`), ['operator failed', 'critical completed', 'scale-down completed']);
+      await waitFor('the EC2 instance to be terminated', async () => {
+        if ((await liveInstances()).length > 0) throw new Error('still running');
+      }, { timeoutMs: 30_000, intervalMs: 250 });
     });
   });
 });
