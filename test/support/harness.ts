@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -8,7 +7,7 @@ import { startEmbeddedPostgres } from '../../infra/dev/embedded-postgres.js';
 import { setupSimulatedCloud, type SimulatedCloud } from '../../infra/dev/simulated-cloud.js';
 import { createEc2Client } from '../../lib/aws.js';
 import { requireContainerTools, requireExecutable, resolveMotoServer, resolveTemporalCli } from '../../infra/dev/prerequisites.js';
-import { stopChild, waitFor } from '../../infra/dev/processes.js';
+import { startMoto } from '../../infra/dev/moto.js';
 import { startTemporalDevServer } from '../../infra/dev/temporal-dev.js';
 import { migrateUp } from '../../lib/db.js';
 import { createLogger } from '../../lib/logger.js';
@@ -112,27 +111,6 @@ async function imageArchive(image: string): Promise<string> {
     renameSync(tmp, archive);
   }
   return archive;
-}
-
-async function startMoto(toolsDir: string): Promise<{ endpoint: string; stop: () => Promise<void> }> {
-  const bin = resolveMotoServer({ toolsDir });
-  const port = await freePort();
-  const child = spawn(bin, ['-H', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
-  let errors = '';
-  child.stderr?.on('data', (c: Buffer) => {
-    errors = (errors + c.toString()).slice(-4000);
-  });
-  const endpoint = `http://127.0.0.1:${port}`;
-  await waitFor(
-    `the EC2/S3 emulator at ${endpoint}`,
-    async () => {
-      if (child.exitCode !== null) throw new Error(`moto_server exited: ${errors}`);
-      const res = await fetch(`${endpoint}/moto-api/`, { signal: AbortSignal.timeout(1000) });
-      if (!res.ok) throw new Error(`status ${res.status}`);
-    },
-    { timeoutMs: 30_000, intervalMs: 200, fatal: () => child.exitCode !== null },
-  );
-  return { endpoint, stop: () => stopChild(child, 5000) };
 }
 
 export interface RunningHarness {
