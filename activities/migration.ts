@@ -85,6 +85,16 @@ export function migrationScratch(scratchDir: string, migrationId: string): { sou
   return { sourceDir, targetDir, fifo: posix.join(sourceDir, 'out.fifo'), archive: posix.join(targetDir, 'in.tar') };
 }
 
+/**
+ * A worker killed mid-transfer leaves its dump behind: podman opens the FIFO read-write, so it never sees
+ * the reader go and blocks for ever, holding the container's lock (every later podman command on the
+ * container hangs). Kills exactly this migration's dump (its FIFO path names the migration); `[-]` keeps
+ * pkill from matching the shell that runs it.
+ */
+async function killStaleDump(shell: HostShell, fifo: string): Promise<void> {
+  await shell.run(['pkill', '-KILL', '-f', '--', `-[-]export ${fifo}`], { okExitCodes: [0, 1], timeoutMs: 30_000 });
+}
+
 const connectedTcp = /Connected TCP socket|consider using --tcp-established/;
 
 /**
@@ -258,9 +268,13 @@ export function createMigrationActivities(deps: ActivityDeps) {
       await shell.run(pauseArgs(input.containerName), { timeoutMs: 30_000 });
     },
 
-    /** Idempotent: a runtime that is not paused (or not there) is left as it is. */
-    async unpauseRuntime(input: { hostId: string; containerName: string }): Promise<void> {
+    /**
+     * Idempotent: a runtime that is not paused (or not there) is left as it is. With a migration id, a dump
+     * that migration left behind is stopped first (it would hold the container's lock).
+     */
+    async unpauseRuntime(input: { hostId: string; containerName: string; migrationId?: string }): Promise<void> {
       const { shell } = await hostShell(input.hostId);
+      if (input.migrationId) await killStaleDump(shell, migrationScratch(scratchDir, input.migrationId).fifo);
       if ((await status(shell, input.containerName)) !== 'paused') return;
       await shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
     },
@@ -328,6 +342,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       const target = await hostShell(input.targetHostId);
       const onSource = migrationScratch(scratchDir, input.migrationId);
       const startedAt = Date.now();
+      await killStaleDump(source.shell, onSource.fifo);
       // A previous attempt may have paused the source after its dump: resume it, then dump again.
       const current = await status(source.shell, input.containerName);
       if (current === 'missing') fail(ErrorType.NotFound, `the runtime container ${input.containerName} is gone from host ${input.sourceHostId}`);

@@ -118,7 +118,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
       await onHost.pauseRuntime({ hostId: source.hostId, containerName: source.containerName });
       paused = true;
     };
-    undo.push({ name: 'resume the source', run: () => onHost.unpauseRuntime({ hostId: source.hostId, containerName: source.containerName }) });
+    undo.push({ name: 'resume the source', run: () => onHost.unpauseRuntime({ hostId: source.hostId, containerName: source.containerName, migrationId }) });
     if (escalated) {
       step = 'pause';
       await pauseSource();
