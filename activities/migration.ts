@@ -12,7 +12,7 @@ import { ErrorType } from '../workflows/contracts/errors.js';
 import type { MigrationTimings } from '../workflows/contracts/elastic.js';
 import type { EditorPlacement, RuntimePlacement } from '../workflows/contracts/user-environment.js';
 import type { Plan } from '../workflows/contracts/users.js';
-import { activitySignal, heartbeat } from './context.js';
+import { activitySignal, currentActivity, heartbeat } from './context.js';
 import { HostCommandError, type HostShell } from './host-shell.js';
 import { shellForHost } from './hosts.js';
 import type { ActivityDeps } from './index.js';
@@ -25,6 +25,7 @@ import {
   parseRestoreStats,
   parseStorageRoots,
   relocateStoragePaths,
+  setCheckpointMemoryLimit,
   storageRootsArgs,
   pauseArgs,
   removeContainerArgs,
@@ -337,7 +338,10 @@ export function createMigrationActivities(deps: ActivityDeps) {
      * podman's exit 0 and matching hashes. The source is paused right after the dump (see
      * checkpointThenPauseArgs); the workflow unpauses it if anything later fails.
      */
-    async checkpointToTarget(input: { migrationId: string; sourceHostId: string; targetHostId: string; containerName: string; wasPaused: boolean }): Promise<CheckpointResult> {
+    async checkpointToTarget(input: { migrationId: string; sourceHostId: string; targetHostId: string; containerName: string; wasPaused: boolean; memoryBytes: number }): Promise<CheckpointResult> {
+      // ssh2 runs stream callbacks in the context of whichever activity opened the connection: heartbeat
+      // through this activity's own context, captured here.
+      const activity = currentActivity();
       const source = await hostShell(input.sourceHostId);
       const target = await hostShell(input.targetHostId);
       const onSource = migrationScratch(scratchDir, input.migrationId);
@@ -352,10 +356,10 @@ export function createMigrationActivities(deps: ActivityDeps) {
       const [fromRoots, toRoots] = await Promise.all(
         [source.shell, target.shell].map(async (sh) => parseStorageRoots((await sh.run(storageRootsArgs, { timeoutMs: 30_000 })).stdout)),
       );
-      const relocate =
-        fromRoots!.graphRoot === toRoots!.graphRoot && fromRoots!.runRoot === toRoots!.runRoot
-          ? undefined
-          : new TarMemberRewriter(['config.dump', 'spec.dump'], (_name, data) => Buffer.from(relocateStoragePaths(data.toString('utf8'), fromRoots!, toRoots!), 'utf8'));
+      // The archive's paths move to the target's storage roots and its spec gets the target tier's limit.
+      const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (_name, data) =>
+        Buffer.from(setCheckpointMemoryLimit(relocateStoragePaths(data.toString('utf8'), fromRoots!, toRoots!), input.memoryBytes), 'utf8'),
+      );
       const abort = new AbortController();
       const outer = activitySignal();
       outer?.addEventListener('abort', () => abort.abort(), { once: true });
@@ -376,8 +380,8 @@ export function createMigrationActivities(deps: ActivityDeps) {
         signal: abort.signal,
         timeoutMs: 30 * 60_000,
         progressEveryMs: 1000,
-        onProgress: (p) => heartbeat({ step: 'transfer', bytes: p.bytes }),
-        ...(relocate ? { transform: relocate } : {}),
+        onProgress: (p) => activity?.heartbeat({ step: 'transfer', bytes: p.bytes }),
+        transform: relocate,
       });
       streaming.catch(() => abort.abort());
       const [dumped, streamed] = await Promise.allSettled([dumping, streaming]);

@@ -398,3 +398,24 @@ export function relocateStoragePaths(text: string, from: { graphRoot: string; ru
   }
   return out;
 }
+
+/**
+ * Sets the memory limit (and swap, equal: no swap) in a checkpoint's OCI spec, in config.dump's `spec` and
+ * in spec.dump alike. `podman update` after a restore changes the cgroup but not the spec that the next
+ * checkpoint carries, so without this a runtime that grew on a big tier is restored under its creation
+ * limit and the kernel kills CRIU. Only the `"memory":{…}` objects are touched (no JSON round trip, so
+ * nothing else in podman's dump changes).
+ */
+export function setCheckpointMemoryLimit(text: string, memoryBytes: number): string {
+  if (!Number.isInteger(memoryBytes) || memoryBytes <= 0) throw new Error(`invalid memory limit ${memoryBytes}`);
+  const withValue = (obj: string, key: string) =>
+    new RegExp(`"${key}"\\s*:\\s*-?\\d+`).test(obj) ? obj.replace(new RegExp(`"${key}"\\s*:\\s*-?\\d+`), `"${key}":${memoryBytes}`) : obj.replace(/^\{/, `{"${key}":${memoryBytes}${obj === '{}' ? '' : ','}`);
+  let found = false;
+  const out = text.replace(/"memory"\s*:\s*(\{[^{}]*\})/g, (_m, obj: string) => {
+    found = true;
+    return `"memory":${withValue(withValue(obj, 'limit'), 'swap')}`;
+  });
+  if (found) return out;
+  // No memory object yet (a container made without a limit): add one to the resources.
+  return text.replace(/"resources"\s*:\s*\{/g, `"resources":{"memory":{"limit":${memoryBytes},"swap":${memoryBytes}},`);
+}

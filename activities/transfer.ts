@@ -64,6 +64,10 @@ export async function streamFileBetweenHosts(opts: {
   const started = Date.now();
   const partial = `${opts.toPath}.partial`;
   const meter = new Meter(opts.onProgress, opts.progressEveryMs ?? 1000);
+  // A broken source destroys the meter with its error; the read side's promise reports it, so this
+  // listener only keeps an unhandled 'error' from taking the whole worker down.
+  meter.on('error', () => undefined);
+  opts.transform?.on('error', () => undefined);
   const common = { signal: opts.signal, timeoutMs: opts.timeoutMs };
   const reader = await opts.from.openReader(['cat', '--', opts.fromPath], common);
   reader.stdout.on('error', (err) => meter.destroy(err));

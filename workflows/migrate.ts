@@ -109,6 +109,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
       ...(input.usedBytes !== undefined ? { usedBytes: input.usedBytes } : {}),
     });
     const source = plan.runtime;
+    const targetTier = plan.to;
     const bulk = bulkActivities(Math.max(plan.from.memoryBytes, plan.to.memoryBytes));
     paused = plan.runtimeState === 'paused';
     tagOperation({ operation: operationOf(input.reason), userId: input.userId, sourceHost: source.hostId, instanceType: plan.to.instanceType ?? 'base' });
@@ -146,7 +147,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
     step = 'checkpoint';
     await db.recordMigrationStep({ migrationId, step });
     if (escalated) await pauseSource();
-    const dumped = await checkpointWhenIdle(() => bulk.checkpointToTarget({ migrationId, sourceHostId: source.hostId, targetHostId: target.hostId, containerName: source.containerName, wasPaused: paused }), escalated || input.reason === 'urgent');
+    const dumped = await checkpointWhenIdle(() => bulk.checkpointToTarget({ migrationId, sourceHostId: source.hostId, targetHostId: target.hostId, containerName: source.containerName, wasPaused: paused, memoryBytes: targetTier.memoryBytes }), escalated || input.reason === 'urgent');
     paused = true;
 
     step = 'restore';

@@ -242,7 +242,9 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       continue;
     }
     if (queue.length === 0 && historyTooLong(maxHistoryEvents)) {
-      await condition(() => queue.length === 0 && allHandlersFinished());
+      // A request arriving meanwhile is served first (its handler waits for its child, so handlers only
+      // finish once the queue is drained): never wait for an empty queue here.
+      await condition(() => queue.length > 0 || allHandlersFinished());
       if (queue.length === 0) await continueAsNew<typeof userRuntime>({ ...input, carried: { policy, operationsRun } satisfies Carried });
       continue;
     }

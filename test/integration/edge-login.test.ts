@@ -278,7 +278,8 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
   test("restarting the edge and the worker keeps A's editor reachable, with x still 42", async () => {
     await edge.close();
     await worker.stop();
-    worker = await startEdgeWorker(h.state, db, shells);
+    // A restart serves the same task queue, where the users' entities live.
+    worker = await startEdgeWorker(h.state, db, shells, worker.taskQueue);
     edge = await startTestEdge(h.state, db, worker.taskQueue);
     const health = await call(`/u/${a.id}/health`, { session: a });
     assert.equal(health.status, 200);

@@ -80,7 +80,14 @@ describe('elastic compute: pressure, pre-provision and migration through the edg
       const name = `rt-${userId}`;
       const base = (await hostEnvShell(h.state.baseHost).run(['podman', 'ps', '--all', '--format', '{{.Names}}'])).stdout.split('\n').filter((n) => n === name).length;
       let elsewhere = 0;
-      for (const host of watcher.booted()) elsewhere += (await podmanOn(host, ['ps', '--all', '--format', '{{.Names}}'])).stdout.split('\n').filter((n) => n === name).length;
+      for (const host of watcher.booted()) {
+        try {
+          elsewhere += (await podmanOn(host, ['ps', '--all', '--format', '{{.Names}}'])).stdout.split('\n').filter((n) => n === name).length;
+        } catch (err) {
+          // A host whose instance was just terminated is being torn down under the command: it holds nothing.
+          if (watcher.booted().some((b) => b.hostId === host.hostId)) throw err;
+        }
+      }
       return base + elsewhere;
     };
     const cgroupLimitOfRuntime = async () => {

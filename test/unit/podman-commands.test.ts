@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import {
   parseStorageRoots,
   relocateStoragePaths,
+  setCheckpointMemoryLimit,
   checkpointArgs,
   compareVersions,
   parseCheckpointStats,
@@ -144,4 +145,13 @@ test("a checkpoint's storage paths move to the target's roots, and stay when the
   assert.equal(relocateStoragePaths(dump, from, from), dump);
   assert.deepEqual(parseStorageRoots('/var/lib/containers/storage /run/containers/storage\n'), from);
   assert.throws(() => parseStorageRoots('oops'), /unexpected podman storage roots/);
+});
+
+test("a checkpoint's spec gets the target tier's memory limit, leaving everything else as podman wrote it", () => {
+  const spec = '{"linux":{"resources":{"pids":{"limit":1024},"memory":{"limit":268435456,"swap":268435456,"swappiness":0}}},"big":18446744073709551615}';
+  const out = setCheckpointMemoryLimit(spec, 1_073_741_824);
+  assert.equal(out, '{"linux":{"resources":{"pids":{"limit":1024},"memory":{"limit":1073741824,"swap":1073741824,"swappiness":0}}},"big":18446744073709551615}');
+  const config = '{"spec":{"linux":{"resources":{"devices":[]}}}}';
+  assert.deepEqual(JSON.parse(setCheckpointMemoryLimit(config, 512)).spec.linux.resources.memory, { limit: 512, swap: 512 });
+  assert.throws(() => setCheckpointMemoryLimit(spec, 0), /invalid memory limit/);
 });
