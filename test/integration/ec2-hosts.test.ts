@@ -132,7 +132,10 @@ describe('EC2 hosts on the simulated cloud', () => {
       assert.equal(instance.tags[hostKeyTag], host.hostKey);
       assert.equal(instance.tags.Name, `markco-rt-t3.small-${host.id}`);
       assert.match(await namespaces(), new RegExp(`^${netnsOf(host.address!)}\\b`, 'm'));
-      assert.deepEqual((await db.store.events.recent({ hostId: host.id })).map((e) => e.type).reverse(), ['host.registered', 'host.provisioned']);
+      // host.provisioned is written after the row turns ready (when the provisionHost child returns).
+      const eventTypes = async () => (await db.store.events.recent({ hostId: host.id })).map((e) => e.type).reverse();
+      await eventually('host.provisioned to be recorded', async () => (await eventTypes()).includes('host.provisioned'), 30_000);
+      assert.deepEqual(await eventTypes(), ['host.registered', 'host.provisioned']);
       await eventually('pre-provision holding the reservation', async () => (await handle.query(stepQuery)) === 'reserved');
 
       // What a migration does: claim, then tell pre-provision.
@@ -186,7 +189,7 @@ describe('EC2 hosts on the simulated cloud', () => {
 
     test('a claim without the signal is still seen: the host is kept and the outcome is claimed', async () => {
       const userId = await newUser();
-      const handle = await start<typeof preProvisionHost>('preProvisionHost', workflowIds.preProvision(userId), [{ userId, ttlSeconds: 4 }]);
+      const handle = await start<typeof preProvisionHost>('preProvisionHost', workflowIds.preProvision(userId), [{ userId, ttlSeconds: 30 }]);
       await hostRowReady(userId);
       const claimed = await acts.claimReservation({ userId, instanceType: 't3.small', claimedBy: `user/${userId}/migrate` });
       assert.ok(claimed);
