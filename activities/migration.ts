@@ -6,7 +6,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
-import { reachableAddressOf, type HostRecord } from '../lib/store.js';
+import { reachableAddressOf } from '../lib/store.js';
 import { defaultTierLadder, nextTier, smallestTierFor, tierNamed, type Tier } from '../lib/tiers.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import type { MigrationTimings } from '../workflows/contracts/elastic.js';
@@ -19,7 +19,6 @@ import type { ActivityDeps } from './index.js';
 import {
   cgroupMemoryLimitArgs,
   checkpointThenPauseArgs,
-  containerStatusArgs,
   parseCgroupMemoryLimit,
   parseCheckpointStats,
   parseRestoreStats,
@@ -35,6 +34,7 @@ import {
 } from './podman-commands.js';
 import { streamFileBetweenHosts, TarMemberRewriter } from './transfer.js';
 import { basePathOf, containerUserFor, runtimeContainerPort } from './user-containers.js';
+import { containerStatus } from './user-environment.js';
 
 /** A tier as the workflow sees it (workflows cannot import lib/tiers.ts). */
 export interface MigrationTier {
@@ -149,15 +149,6 @@ export function createMigrationActivities(deps: ActivityDeps) {
     return byName;
   }
 
-  async function hostShell(hostId: string): Promise<{ host: HostRecord; shell: HostShell }> {
-    return shellForHost(deps, hostId);
-  }
-
-  async function status(shell: HostShell, name: string): Promise<string> {
-    const r = await shell.run(containerStatusArgs(name), { okExitCodes: [0, 125], timeoutMs: 30_000 });
-    return r.exitCode === 125 ? 'missing' : r.stdout.trim();
-  }
-
   return {
     /**
      * Reads the runtime and resolves the target tier, then records the migration (its id comes from the
@@ -174,7 +165,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
       }
       const to = input.target === 'auto' ? resolveAutoTier(user.plan, runtime.tier, input.usedBytes ?? runtime.memoryLimitBytes, input.reason) : resolveTier(user.plan, input.target);
       const from = tierNamed(ladder, user.plan, runtime.tier) ?? { name: runtime.tier, instanceType: null, memoryBytes: runtime.memoryLimitBytes, cpus: runtime.cpuLimit, gpu: false };
-      const { host: source } = await hostShell(runtime.hostId);
+      const { host: source } = await shellForHost(deps, runtime.hostId);
       if (!existing && to.name === runtime.tier && !input.targetHostId) {
         fail(ErrorType.Conflict, `the runtime of user ${input.userId} is already on tier ${to.name} (host ${runtime.hostId})`);
       }
@@ -264,8 +255,8 @@ export function createMigrationActivities(deps: ActivityDeps) {
 
     /** Freezes the runtime where it is (a critical migration: memory is about to run out). */
     async pauseRuntime(input: { hostId: string; containerName: string }): Promise<void> {
-      const { shell } = await hostShell(input.hostId);
-      if ((await status(shell, input.containerName)) === 'paused') return;
+      const { shell } = await shellForHost(deps, input.hostId);
+      if ((await containerStatus(shell, input.containerName)) === 'paused') return;
       await shell.run(pauseArgs(input.containerName), { timeoutMs: 30_000 });
     },
 
@@ -274,9 +265,9 @@ export function createMigrationActivities(deps: ActivityDeps) {
      * that migration left behind is stopped first (it would hold the container's lock).
      */
     async unpauseRuntime(input: { hostId: string; containerName: string; migrationId?: string }): Promise<void> {
-      const { shell } = await hostShell(input.hostId);
+      const { shell } = await shellForHost(deps, input.hostId);
       if (input.migrationId) await killStaleDump(shell, migrationScratch(scratchDir, input.migrationId).fifo);
-      if ((await status(shell, input.containerName)) !== 'paused') return;
+      if ((await containerStatus(shell, input.containerName)) !== 'paused') return;
       await shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
     },
 
@@ -285,14 +276,14 @@ export function createMigrationActivities(deps: ActivityDeps) {
      * (a restore fails without the bind-mount source), and no stale container under the runtime's name.
      */
     async prepareTarget(input: { migrationId: string; userId: string; targetHostId: string; sourceHostId: string; containerName: string; preferPort: number; uid: number; gid: number }): Promise<{ port: number; address: string }> {
-      const { host, shell } = await hostShell(input.targetHostId);
+      const { host, shell } = await shellForHost(deps, input.targetHostId);
       if (host.state !== 'ready') fail(ErrorType.HostUnreachable, `target host ${host.id} is ${host.state}, not ready`);
       const port = await store.ports.lease({ hostId: host.id, userId: input.userId, purpose: 'runtime', prefer: input.preferPort });
       const home = homeOf(input.userId);
       const scratch = migrationScratch(scratchDir, input.migrationId);
       await shell.run(['sh', '-c', 'mkdir -p "$1" "$2" && chown "$3" "$1"', 'markco-prepare', home, scratch.targetDir, `${input.uid}:${input.gid}`]);
       if (input.targetHostId !== input.sourceHostId) {
-        const s = await status(shell, input.containerName);
+        const s = await containerStatus(shell, input.containerName);
         // Left by an earlier attempt that never became the user's runtime (the row still names the source).
         if (s !== 'missing' && s !== 'running') await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
       }
@@ -306,8 +297,8 @@ export function createMigrationActivities(deps: ActivityDeps) {
      */
     async syncHome(input: { migrationId: string; userId: string; sourceHostId: string; targetHostId: string }): Promise<{ copiedBytes: number; shared: boolean }> {
       const home = homeOf(input.userId);
-      const source = await hostShell(input.sourceHostId);
-      const target = await hostShell(input.targetHostId);
+      const source = await shellForHost(deps, input.sourceHostId);
+      const target = await shellForHost(deps, input.targetHostId);
       const marker = posix.join(home, `.markco-sync-${input.migrationId}`);
       const nonce = randomBytes(8).toString('hex');
       await source.shell.run(['sh', '-c', 'printf %s "$2" > "$1"', 'markco-mark', marker, nonce]);
@@ -324,8 +315,8 @@ export function createMigrationActivities(deps: ActivityDeps) {
           await Promise.all([reader.done, to.run(tarIn, { stdin: reader.stdout, timeoutMs: 600_000, okExitCodes: [0, 2] })]);
           heartbeat({ copied });
         };
-        if (source.host.kind !== 'base') await copy(source.shell, (await hostShell(env.baseHostId)).shell);
-        if (target.host.kind !== 'base') await copy((await hostShell(env.baseHostId)).shell, target.shell);
+        if (source.host.kind !== 'base') await copy(source.shell, (await shellForHost(deps, env.baseHostId)).shell);
+        if (target.host.kind !== 'base') await copy((await shellForHost(deps, env.baseHostId)).shell, target.shell);
         return { copiedBytes: copied, shared: false };
       } finally {
         await source.shell.run(['rm', '-f', marker]).catch(() => undefined);
@@ -342,13 +333,13 @@ export function createMigrationActivities(deps: ActivityDeps) {
       // ssh2 runs stream callbacks in the context of whichever activity opened the connection: heartbeat
       // through this activity's own context, captured here.
       const activity = currentActivity();
-      const source = await hostShell(input.sourceHostId);
-      const target = await hostShell(input.targetHostId);
+      const source = await shellForHost(deps, input.sourceHostId);
+      const target = await shellForHost(deps, input.targetHostId);
       const onSource = migrationScratch(scratchDir, input.migrationId);
       const startedAt = Date.now();
       await killStaleDump(source.shell, onSource.fifo);
       // A previous attempt may have paused the source after its dump: resume it, then dump again.
-      const current = await status(source.shell, input.containerName);
+      const current = await containerStatus(source.shell, input.containerName);
       if (current === 'missing') fail(ErrorType.NotFound, `the runtime container ${input.containerName} is gone from host ${input.sourceHostId}`);
       const wasPaused = current === 'paused';
       if (wasPaused && !input.wasPaused) await source.shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
@@ -414,9 +405,9 @@ export function createMigrationActivities(deps: ActivityDeps) {
      * and the leased port, then applies the target tier's limits and checks the cgroup really has them.
      */
     async restoreOnTarget(input: { targetHostId: string; containerName: string; archivePath: string; address: string; port: number; memoryBytes: number; cpus: number }): Promise<{ restoreMs: number; memoryLimitBytes: number }> {
-      const { host, shell } = await hostShell(input.targetHostId);
+      const { host, shell } = await shellForHost(deps, input.targetHostId);
       const started = Date.now();
-      const current = await status(shell, input.containerName);
+      const current = await containerStatus(shell, input.containerName);
       if (current !== 'running') {
         if (current !== 'missing') await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
         const publishIp = host.kind === 'base' ? '127.0.0.1' : input.address;
@@ -449,7 +440,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
     async discardTarget(input: { migrationId: string; userId: string; targetHostId: string; sourceHostId: string; containerName: string; port?: number }): Promise<void> {
       const target = await store.hosts.get(input.targetHostId);
       if (!target || target.state === 'terminated') return;
-      const { shell } = await hostShell(input.targetHostId);
+      const { shell } = await shellForHost(deps, input.targetHostId);
       const live = await store.runtimes.live(input.userId);
       // The container is the user's runtime only if the row already names this host (never after a failure before the commit).
       if (input.targetHostId !== input.sourceHostId && live?.hostId !== input.targetHostId) {
@@ -495,7 +486,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
     async removeSourceRuntime(input: { migrationId: string; userId: string; runtimeId: string; sourceHostId: string; targetHostId: string; containerName: string; port: number; timings: Record<string, unknown> }): Promise<void> {
       const source = await store.hosts.get(input.sourceHostId);
       if (source && source.state !== 'terminated') {
-        const { shell } = await hostShell(input.sourceHostId);
+        const { shell } = await shellForHost(deps, input.sourceHostId);
         await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
         await shell.run(['rm', '-rf', migrationScratch(scratchDir, input.migrationId).sourceDir]).catch(() => undefined);
       }

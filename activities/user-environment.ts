@@ -61,9 +61,10 @@ function fail(type: ErrorType, message: string): never {
   throw ApplicationFailure.create({ type, message, nonRetryable: true });
 }
 
-type ContainerStatus = 'running' | 'missing' | 'stopped' | 'paused' | 'other';
+export type ContainerStatus = 'running' | 'missing' | 'stopped' | 'paused' | 'other';
 
-async function containerStatus(shell: HostShell, name: string): Promise<ContainerStatus> {
+/** A container's state on a host, folded into the few cases the activities decide on. */
+export async function containerStatus(shell: HostShell, name: string): Promise<ContainerStatus> {
   const r = await shell.run(containerStatusArgs(name), { okExitCodes: [0, 125], timeoutMs: 30_000 });
   if (r.exitCode === 125) {
     if (/no such container/i.test(r.stderr)) return 'missing';

@@ -28,17 +28,15 @@ import { provisionHost } from './provision-host.js';
 /** Critical pressure arrived while this migration runs: pause the source now if the dump has not started. */
 export const escalateSignal = defineSignal('escalate');
 
-type SagaActivities = Activities;
-
-const db = proxyActivities<SagaActivities>(quick);
-const onHost = proxyActivities<SagaActivities>(hostCommand);
-const waiting = proxyActivities<SagaActivities>({
+const db = proxyActivities<Activities>(quick);
+const onHost = proxyActivities<Activities>(hostCommand);
+const waiting = proxyActivities<Activities>({
   startToCloseTimeout: '3m',
   heartbeatTimeout: '30s',
   retry: { initialInterval: '1s', maximumAttempts: 3, nonRetryableErrorTypes: permanentErrorTypes },
 });
 /** Cleanup after the commit keeps trying: the user already runs on the target, only leftovers are at stake. */
-const cleanup = proxyActivities<SagaActivities>({
+const cleanup = proxyActivities<Activities>({
   startToCloseTimeout: '2m',
   scheduleToCloseTimeout: '1h',
   retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '2m', nonRetryableErrorTypes: [ErrorType.InvalidInput] },
@@ -49,7 +47,7 @@ const GiB = 1024 ** 3;
 /** Checkpoint and restore scale with the runtime's memory; each heartbeats its progress. */
 function bulkActivities(memoryBytes: number) {
   const seconds = 120 + Math.ceil((30 * memoryBytes) / GiB);
-  return proxyActivities<SagaActivities>({
+  return proxyActivities<Activities>({
     startToCloseTimeout: `${seconds}s`,
     heartbeatTimeout: '30s',
     retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes: [...permanentErrorTypes, ErrorType.RuntimeBusy, ErrorType.ChecksumMismatch] },
@@ -68,7 +66,8 @@ export function validateMigrateInput(input: MigrateRuntimeInput): string[] {
   return problems;
 }
 
-function operationOf(reason: MigrateRuntimeInput['reason']) {
+/** The MarkcoOperation a migration carries, so critical and scale-down moves stay searchable as such. */
+export function migrationOperation(reason: MigrateRuntimeInput['reason']) {
   if (reason === 'critical') return Operation.critical;
   if (reason === 'scale-down') return Operation.scaleDown;
   return Operation.migrate;
@@ -92,7 +91,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
     escalated = true;
   });
   const { workflowId } = workflowInfo();
-  tagOperation({ operation: operationOf(input.reason), userId: input.userId });
+  tagOperation({ operation: migrationOperation(input.reason), userId: input.userId });
   const migrationId = uuid4();
   /** Undo steps, run newest first when a step before the commit fails. */
   const undo: { name: string; run: () => Promise<unknown> }[] = [];
@@ -112,7 +111,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
     const targetTier = plan.to;
     const bulk = bulkActivities(Math.max(plan.from.memoryBytes, plan.to.memoryBytes));
     paused = plan.runtimeState === 'paused';
-    tagOperation({ operation: operationOf(input.reason), userId: input.userId, sourceHost: source.hostId, instanceType: plan.to.instanceType ?? 'base' });
+    tagOperation({ operation: migrationOperation(input.reason), userId: input.userId, sourceHost: source.hostId, instanceType: plan.to.instanceType ?? 'base' });
 
     const pauseSource = async () => {
       if (paused) return;
@@ -129,7 +128,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
     const target = await chooseTarget(plan, input, workflowId);
     if (target.owned) undo.push({ name: 'terminate the target host', run: () => db.terminateHost({ hostId: target.hostId, reason: `migration ${migrationId} failed` }) });
     await db.recordMigrationStep({ migrationId, step, targetHostId: target.hostId });
-    tagOperation({ operation: operationOf(input.reason), userId: input.userId, sourceHost: source.hostId, targetHost: target.hostId, instanceType: plan.to.instanceType ?? 'base' });
+    tagOperation({ operation: migrationOperation(input.reason), userId: input.userId, sourceHost: source.hostId, targetHost: target.hostId, instanceType: plan.to.instanceType ?? 'base' });
 
     step = 'prepare';
     await db.recordMigrationStep({ migrationId, step });

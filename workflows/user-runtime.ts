@@ -36,7 +36,7 @@ import { SearchAttr } from './contracts/search-attributes.js';
 import type { LoginInput, LoginResult, StopRuntimeInput } from './contracts/user-environment.js';
 import { userIdPattern } from './contracts/users.js';
 import { errorMessage, tagOperation } from './lifecycle.js';
-import { escalateSignal, validateMigrateInput } from './migrate.js';
+import { escalateSignal, migrationOperation, validateMigrateInput } from './migrate.js';
 import { quick } from './options.js';
 import {
   currentBand,
@@ -289,7 +289,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
   }
 
   async function startWithRetry(next: QueuedOperation, childId: string): Promise<ChildWorkflowHandle<(i: unknown) => Promise<unknown>>> {
-    const operation = next.kind === 'migrate' ? migrateOperationOf(next.input as MigrateRuntimeInput) : next.kind === 'login' ? Operation.login : Operation.stopRuntime;
+    const operation = next.kind === 'migrate' ? migrationOperation((next.input as MigrateRuntimeInput).reason) : next.kind === 'login' ? Operation.login : Operation.stopRuntime;
     const options = {
       workflowId: childId,
       args: [next.input] as [unknown],
@@ -321,12 +321,6 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     const m = result as MigrateRuntimeResult;
     return { runtimeId: m.runtimeId, hostId: m.targetHostId, tier: m.toTier, memoryLimitBytes: m.memoryLimitBytes, since: now };
   }
-}
-
-function migrateOperationOf(input: MigrateRuntimeInput) {
-  if (input.reason === 'critical') return Operation.critical;
-  if (input.reason === 'scale-down') return Operation.scaleDown;
-  return Operation.migrate;
 }
 
 async function placementNow(userId: string): Promise<Placement | null> {
