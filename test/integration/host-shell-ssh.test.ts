@@ -95,4 +95,39 @@ describe('ssh2 host shell', () => {
     assert.equal(sb.stdout.split(' ')[0], result.sha256);
     await Promise.all([shellA().run(['rm', '-f', src]), shellB().run(['rm', '-f', dst])]);
   });
+
+  test('bulk commands run under OpenSSH: bytes in and out intact, the host key pinned, time limits kill the remote side', async () => {
+    const payload = (await import('node:crypto')).randomBytes(24 * 1024 * 1024);
+    const expected = (await import('node:crypto')).createHash('sha256').update(payload).digest('hex');
+    // Counted on the host: stdin arrives whole, and stdout comes back whole.
+    const echoed = await shellA().run(['sh', '-c', 'tee /dev/stderr | sha256sum >&2; printf ok'], { bulk: true, stdin: payload, maxStdoutBytes: 64 });
+    assert.equal(echoed.stdout, 'ok');
+    assert.match(echoed.stderr, new RegExp(expected));
+    const reader = await shellB().openReader(['head', '-c', '5000000', '/dev/zero'], { bulk: true });
+    let got = 0;
+    reader.stdout.on('data', (c: Buffer) => (got += c.length));
+    await reader.done;
+    assert.equal(got, 5_000_000);
+    // The process really is an OpenSSH client: ssh2 would not show up in the host's sshd log as one, so
+    // look at the client side instead, while a bulk command runs.
+    const marker = `sleep 32.${process.pid}`;
+    const running = shellA().run(['sh', '-c', `${marker}; echo done`], { bulk: true, timeoutMs: 1500 });
+    await new Promise((r) => setTimeout(r, 500));
+    const { execFileSync } = await import('node:child_process');
+    assert.match(execFileSync('pgrep', ['-a', '-f', `^ssh .*${marker.replace('.', '\\.')}`]).toString(), /UserKnownHostsFile=/);
+    await assert.rejects(running, HostTimeoutError);
+    let alive = '';
+    for (let i = 0; i < 30; i++) {
+      alive = (await shellA().run(['sh', '-c', `pgrep -f '^${marker}' || true`])).stdout.trim();
+      if (!alive) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(alive, '', 'the remote process was stopped');
+    await assert.rejects(shellA().run(['sh', '-c', 'exit 3'], { bulk: true }), (err: unknown) => err instanceof HostCommandError && err.exitCode === 3);
+    const impostor = new SshShell(
+      { ...connectionTo(h.state.hosts[1]!), hostKey: h.state.hosts[0]!.hostKey },
+      { privateKey: readFileSync(h.state.sshKeyPath), privateKeyPath: h.state.sshKeyPath, connectTimeoutMs: 2000, commandTimeoutMs: 5000 },
+    );
+    await assert.rejects(impostor.run(['touch', '/tmp/should-not-exist-bulk'], { bulk: true }), (err: unknown) => err instanceof HostConnectError && err.reason === 'host-key');
+  });
 });
