@@ -6,6 +6,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { reachableAddressOf } from '../lib/store.js';
 import { defaultTierLadder, nextTier, smallestTierFor, tierNamed, type Tier } from '../lib/tiers.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
@@ -13,7 +14,7 @@ import type { MigrationTimings } from '../workflows/contracts/elastic.js';
 import type { EditorPlacement, RuntimePlacement } from '../workflows/contracts/user-environment.js';
 import type { Plan } from '../workflows/contracts/users.js';
 import { activitySignal, currentActivity, heartbeat } from './context.js';
-import { HostCommandError, type HostShell } from './host-shell.js';
+import { HostAbortError, HostCommandError, type HostShell } from './host-shell.js';
 import { shellForHost } from './hosts.js';
 import type { ActivityDeps } from './index.js';
 import {
@@ -21,18 +22,20 @@ import {
   checkpointThenPauseArgs,
   parseCgroupMemoryLimit,
   parseCheckpointStats,
-  parseRestoreStats,
+  parseReceiveOutput,
   parseStorageRoots,
   relocateStoragePaths,
   setCheckpointMemoryLimit,
   storageRootsArgs,
   pauseArgs,
   removeContainerArgs,
-  restoreArgs,
+  receiveAndRestoreArgs,
+  streamedImportVerified,
   unpauseArgs,
   updateMemoryArgs,
+  type ImportMode,
 } from './podman-commands.js';
-import { streamFileBetweenHosts, TarMemberRewriter } from './transfer.js';
+import { ByteMeter, ChecksumMismatchError, TarMemberRewriter } from './transfer.js';
 import { basePathOf, containerUserFor, runtimeContainerPort } from './user-containers.js';
 import { containerStatus } from './user-environment.js';
 
@@ -67,6 +70,10 @@ export interface CheckpointResult {
   checkpointMs: number;
   transferMs: number;
   frozenMs: number | null;
+  /** From the archive's last byte until the restored runtime holds the tier's limits. */
+  restoreMs: number;
+  memoryLimitBytes: number;
+  importMode: ImportMode;
   startedAt: number;
 }
 
@@ -96,12 +103,22 @@ async function killStaleDump(shell: HostShell, fifo: string): Promise<void> {
   await shell.run(['pkill', '-KILL', '-f', '--', `-[-]export ${fifo}`], { okExitCodes: [0, 1], timeoutMs: 30_000 });
 }
 
+/** The same for a receiver left by a killed worker: its restore must not race the retry's. */
+async function killStaleReceive(shell: HostShell, targetDir: string): Promise<void> {
+  await shell.run(['pkill', '-KILL', '-f', '--', `[m]arkco-receive-restore ${targetDir} |-[-]import ${targetDir}/in.tar`], { okExitCodes: [0, 1], timeoutMs: 30_000 });
+}
+
 const connectedTcp = /Connected TCP socket|consider using --tcp-established/;
 
 /**
  * podman only says "criu failed" and names CRIU's log; the reason (for example an established TCP
  * connection, which makes the runtime busy rather than broken) is in that log's tail.
  */
+/** The target's receive-and-restore command failed in podman itself, not in receiving (exit 70, 71). */
+function restoreFailed(err: unknown): boolean {
+  return err instanceof HostCommandError && err.exitCode !== null && err.exitCode !== 70 && err.exitCode !== 71;
+}
+
 async function checkpointFailure(shell: HostShell, err: unknown): Promise<never> {
   if (err instanceof HostCommandError) {
     const log = /log file: (\/\S+\.log)/.exec(err.stderr)?.[1];
@@ -324,119 +341,164 @@ export function createMigrationActivities(deps: ActivityDeps) {
     },
 
     /**
-     * Checkpoints the source with --leave-running into a FIFO and streams the archive straight to the
-     * target (no file on the source), hashing on the way; the target hashes what it wrote. Success needs
-     * podman's exit 0 and matching hashes. The source is paused right after the dump (see
-     * checkpointThenPauseArgs); the workflow unpauses it if anything later fails.
+     * Moves the runtime: checkpoints the source with --leave-running into a FIFO and streams the archive
+     * to the target, where podman restores it under the runtime's own name, published at the target's
+     * address and the leased port; then the target tier's limits are applied and checked in the cgroup.
+     *
+     * The bytes go source → worker → target through OpenSSH processes (bulk host commands); the worker
+     * rewrites config.dump and spec.dump on the way (the target's storage roots, the tier's memory) and
+     * hashes every byte, the target hashes what it received, and both must agree. Where podman's import
+     * sequence is verified (ImportMode), the target unpacks the archive while it arrives; elsewhere it
+     * writes the file first. The source is paused right after the dump (checkpointThenPauseArgs); the
+     * workflow unpauses it if anything later fails.
      */
-    async checkpointToTarget(input: { migrationId: string; sourceHostId: string; targetHostId: string; containerName: string; wasPaused: boolean; memoryBytes: number }): Promise<CheckpointResult> {
+    async checkpointIntoTarget(input: {
+      migrationId: string;
+      sourceHostId: string;
+      targetHostId: string;
+      containerName: string;
+      wasPaused: boolean;
+      address: string;
+      port: number;
+      memoryBytes: number;
+      cpus: number;
+    }): Promise<CheckpointResult> {
       // ssh2 runs stream callbacks in the context of whichever activity opened the connection: heartbeat
       // through this activity's own context, captured here.
       const activity = currentActivity();
       const source = await shellForHost(deps, input.sourceHostId);
       const target = await shellForHost(deps, input.targetHostId);
-      const onSource = migrationScratch(scratchDir, input.migrationId);
+      const scratch = migrationScratch(scratchDir, input.migrationId);
       const startedAt = Date.now();
-      await killStaleDump(source.shell, onSource.fifo);
+      await Promise.all([killStaleDump(source.shell, scratch.fifo), killStaleReceive(target.shell, scratch.targetDir)]);
       // A previous attempt may have paused the source after its dump: resume it, then dump again.
       const current = await containerStatus(source.shell, input.containerName);
       if (current === 'missing') fail(ErrorType.NotFound, `the runtime container ${input.containerName} is gone from host ${input.sourceHostId}`);
-      const wasPaused = current === 'paused';
-      if (wasPaused && !input.wasPaused) await source.shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
-      await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', onSource.sourceDir, onSource.fifo]);
-      const [fromRoots, toRoots] = await Promise.all(
-        [source.shell, target.shell].map(async (sh) => parseStorageRoots((await sh.run(storageRootsArgs, { timeoutMs: 30_000 })).stdout)),
-      );
+      if (current === 'paused' && !input.wasPaused) await source.shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
+      if (input.targetHostId !== input.sourceHostId) {
+        // Left by an earlier attempt; never the user's runtime (the row still names the source).
+        if ((await containerStatus(target.shell, input.containerName)) !== 'missing') await target.shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
+      }
+      await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', scratch.sourceDir, scratch.fifo]);
+      const [fromRoots, toRoots, targetPodman] = await Promise.all([
+        source.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout)),
+        target.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout)),
+        target.shell.run(['podman', 'version', '--format', '{{.Client.Version}}'], { timeoutMs: 30_000 }).then((r) => r.stdout.trim()),
+      ]);
+      const importMode: ImportMode = streamedImportVerified(targetPodman) ? 'stream' : 'file';
       // The archive's paths move to the target's storage roots and its spec gets the target tier's limit.
       const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (_name, data) =>
         Buffer.from(setCheckpointMemoryLimit(relocateStoragePaths(data.toString('utf8'), fromRoots!, toRoots!), input.memoryBytes), 'utf8'),
       );
+      const meter = new ByteMeter();
+      let phase = 'checkpoint';
+      const beat = setInterval(() => activity?.heartbeat({ step: phase, bytes: meter.bytes }), 2000);
       const abort = new AbortController();
-      const outer = activitySignal();
-      outer?.addEventListener('abort', () => abort.abort(), { once: true });
-      const checkpointStarted = Date.now();
-      const dumping = source.shell
-        .run(checkpointThenPauseArgs({ container: input.containerName, exportPath: onSource.fifo, leaveRunning: true, compress: 'none', wasPaused: input.wasPaused }), {
-          timeoutMs: 30 * 60_000,
-          signal: abort.signal,
-        })
-        .then((r) => ({ result: r, ms: Date.now() - checkpointStarted }));
-      // A dump that fails before opening the FIFO would leave the reader waiting: stop the stream too.
-      dumping.catch(() => abort.abort());
-      const streaming = streamFileBetweenHosts({
-        from: source.shell,
-        fromPath: onSource.fifo,
-        to: target.shell,
-        toPath: onSource.archive,
-        signal: abort.signal,
-        timeoutMs: 30 * 60_000,
-        progressEveryMs: 1000,
-        onProgress: (p) => activity?.heartbeat({ step: 'transfer', bytes: p.bytes }),
-        transform: relocate,
-      });
-      streaming.catch(() => abort.abort());
-      const [dumped, streamed] = await Promise.allSettled([dumping, streaming]);
-      await source.shell.run(['rm', '-rf', onSource.sourceDir]).catch(() => undefined);
-      if (dumped.status === 'rejected') {
-        await target.shell.run(['rm', '-f', onSource.archive, `${onSource.archive}.partial`]).catch(() => undefined);
-        return checkpointFailure(source.shell, dumped.reason);
-      }
-      if (streamed.status === 'rejected') throw streamed.reason;
-      const stats = (() => {
-        try {
-          return parseCheckpointStats(dumped.value.result.stdout);
-        } catch {
-          return undefined;
-        }
-      })();
-      return {
-        archivePath: onSource.archive,
-        archiveBytes: streamed.value.bytes,
-        sha256: streamed.value.sha256,
-        checkpointMs: dumped.value.ms,
-        transferMs: streamed.value.durationMs,
-        frozenMs: stats?.frozenMs ?? null,
-        startedAt,
+      activitySignal()?.addEventListener('abort', () => abort.abort(), { once: true });
+      const bulk = { timeoutMs: 30 * 60_000, signal: abort.signal, bulk: true };
+      const publishIp = target.host.kind === 'base' ? '127.0.0.1' : input.address;
+      const restore = {
+        importPath: posix.join(scratch.targetDir, 'in.tar'),
+        name: input.containerName,
+        ports: [{ hostIp: publishIp, hostPort: input.port, containerPort: runtimeContainerPort }],
       };
-    },
-
-    /**
-     * Restores the archive on the target under the runtime's own name, published at the target's address
-     * and the leased port, then applies the target tier's limits and checks the cgroup really has them.
-     */
-    async restoreOnTarget(input: { targetHostId: string; containerName: string; archivePath: string; address: string; port: number; memoryBytes: number; cpus: number }): Promise<{ restoreMs: number; memoryLimitBytes: number }> {
-      const { host, shell } = await shellForHost(deps, input.targetHostId);
-      const started = Date.now();
-      const current = await containerStatus(shell, input.containerName);
-      if (current !== 'running') {
-        if (current !== 'missing') await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
-        const publishIp = host.kind === 'base' ? '127.0.0.1' : input.address;
-        try {
-          const r = await shell.run(
-            restoreArgs({ importPath: input.archivePath, name: input.containerName, ports: [{ hostIp: publishIp, hostPort: input.port, containerPort: runtimeContainerPort }] }),
-            { timeoutMs: 30 * 60_000, ...(activitySignal() ? { signal: activitySignal()! } : {}) },
-          );
-          try {
-            parseRestoreStats(r.stdout);
-          } catch {
-            /* statistics are informative only */
-          }
-        } catch (err) {
-          // A failed restore can leave a `Created` container behind: never leave half-made state.
-          await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 }).catch(() => undefined);
-          throw err;
+      let streamEndedAt = 0;
+      let checkpointEndedAt = 0;
+      try {
+        const dumping = source.shell
+          .run(checkpointThenPauseArgs({ container: input.containerName, exportPath: scratch.fifo, leaveRunning: true, compress: 'none', wasPaused: input.wasPaused }), {
+            timeoutMs: 30 * 60_000,
+            signal: abort.signal,
+          })
+          .finally(() => (checkpointEndedAt = Date.now()));
+        const reader = await source.shell.openReader(['cat', '--', scratch.fifo], bulk);
+        reader.stdout.on('error', (err) => relocate.destroy(err));
+        const archive = reader.stdout.pipe(relocate).pipe(meter);
+        relocate.on('error', (err) => meter.destroy(err));
+        meter.on('end', () => {
+          streamEndedAt = Date.now();
+          phase = 'restore';
+          void store.migrations.setStep(input.migrationId, { step: 'restore' }).catch(() => undefined);
+        });
+        // Whichever part fails first stops the others: a dump that never opens the FIFO would leave the
+        // reader waiting, and a failed restore would leave the dump writing into a full pipe.
+        // The bytes already read wait here while the head is sent ahead: the head is only known once they
+        // have passed, and stream buffers alone would stop the source first (the head is capped at 256 MiB).
+        const body = new PassThrough({ highWaterMark: 256 * 1024 * 1024 });
+        archive.pipe(body);
+        archive.on('error', (err) => body.destroy(err));
+        const receiving = (async () => {
+          const head = importMode === 'stream' ? await relocate.head : undefined;
+          phase = 'transfer';
+          const stdin = new PassThrough();
+          if (head) stdin.write(head);
+          body.pipe(stdin);
+          body.on('error', (err) => stdin.destroy(err));
+          return target.shell.run(receiveAndRestoreArgs({ dir: scratch.targetDir, mode: importMode, headBytes: head?.length ?? 0, restore }), { ...bulk, stdin });
+        })();
+        // The first part to fail is the cause; the others fail because they were stopped.
+        const failures: { part: 'dump' | 'read' | 'restore'; err: unknown }[] = [];
+        const watch = <T>(part: 'dump' | 'read' | 'restore', p: Promise<T>) =>
+          p.catch((err: unknown) => {
+            if (!(err instanceof HostAbortError)) failures.push({ part, err });
+            abort.abort();
+            throw err;
+          });
+        const [dumped, , received] = await Promise.allSettled([watch('dump', dumping), watch('read', reader.done), watch('restore', receiving)]);
+        const cause = failures[0];
+        if (cause?.part === 'dump') return await checkpointFailure(source.shell, cause.err);
+        if (cause?.part === 'restore' && restoreFailed(cause.err)) {
+          throw ApplicationFailure.create({ type: ErrorType.RestoreFailed, message: `the restore on host ${input.targetHostId} failed: ${(cause.err as Error).message}` });
         }
+        if (cause) throw cause.err;
+        if (dumped.status === 'rejected') throw dumped.reason;
+        if (received.status === 'rejected') throw received.reason;
+        const { sha256: written } = parseReceiveOutput(received.value.stdout);
+        const sent = meter.hex();
+        if (written !== sent) {
+          await target.shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 }).catch(() => undefined);
+          throw ApplicationFailure.create({ type: ErrorType.ChecksumMismatch, message: String(new ChecksumMismatchError(sent, written, input.targetHostId).message) });
+        }
+        phase = 'limits';
+        await target.shell.run(updateMemoryArgs(input.containerName, input.memoryBytes, input.cpus), { timeoutMs: 30_000 });
+        const limit = parseCgroupMemoryLimit((await target.shell.run(cgroupMemoryLimitArgs(input.containerName), { timeoutMs: 30_000 })).stdout);
+        if (limit !== input.memoryBytes) {
+          throw new Error(`the restored runtime on ${input.targetHostId} has a memory limit of ${limit ?? 'none'} bytes, not the tier's ${input.memoryBytes}`);
+        }
+        const stats = (() => {
+          try {
+            return parseCheckpointStats(dumped.value.stdout);
+          } catch {
+            return undefined;
+          }
+        })();
+        return {
+          archivePath: restore.importPath,
+          archiveBytes: meter.bytes,
+          sha256: sent,
+          checkpointMs: checkpointEndedAt - startedAt,
+          transferMs: streamEndedAt - startedAt,
+          restoreMs: Date.now() - streamEndedAt,
+          frozenMs: stats?.frozenMs ?? null,
+          memoryLimitBytes: limit,
+          importMode,
+          startedAt,
+        };
+      } catch (err) {
+        // A failed restore can leave a `Created` container behind: never leave half-made state.
+        if (input.targetHostId !== input.sourceHostId) await target.shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 }).catch(() => undefined);
+        throw err;
+      } finally {
+        clearInterval(beat);
+        abort.abort();
+        await Promise.all([
+          source.shell.run(['rm', '-rf', scratch.sourceDir]).catch(() => undefined),
+          target.shell.run(['rm', '-rf', scratch.targetDir]).catch(() => undefined),
+        ]);
       }
-      await shell.run(updateMemoryArgs(input.containerName, input.memoryBytes, input.cpus), { timeoutMs: 30_000 });
-      const limit = parseCgroupMemoryLimit((await shell.run(cgroupMemoryLimitArgs(input.containerName), { timeoutMs: 30_000 })).stdout);
-      if (limit !== input.memoryBytes) {
-        throw new Error(`the restored runtime on ${host.id} has a memory limit of ${limit ?? 'none'} bytes, not the tier's ${input.memoryBytes}`);
-      }
-      await shell.run(['rm', '-rf', posix.dirname(input.archivePath)]).catch(() => undefined);
-      return { restoreMs: Date.now() - started, memoryLimitBytes: limit };
     },
 
-    /** The undo of prepareTarget and restoreOnTarget: no copy of the runtime and no lease left on the target. */
+    /** The undo of prepareTarget and checkpointIntoTarget: no copy of the runtime and no lease left on the target. */
     async discardTarget(input: { migrationId: string; userId: string; targetHostId: string; sourceHostId: string; containerName: string; port?: number }): Promise<void> {
       const target = await store.hosts.get(input.targetHostId);
       if (!target || target.state === 'terminated') return;

@@ -158,6 +158,74 @@ export function restoreArgs(spec: RestoreSpec): string[] {
   return args;
 }
 
+/**
+ * How a checkpoint archive reaches `podman container restore --import` on the target:
+ * - `stream`: through a FIFO while it arrives, so podman unpacks it as the bytes come in. podman 4.3
+ *   opens the import path three times: twice for the container's definition (config.dump, spec.dump,
+ *   the /dev/shm archive), then once to unpack everything else. The first two opens get the archive's
+ *   head (those members, sent ahead by the worker); the third gets the whole stream. Each head is
+ *   followed by zeros until podman closes its end, so the next open is a new one, never the same reader.
+ * - `file`: written to a file first, then restored (every other podman version, until verified).
+ */
+export type ImportMode = 'stream' | 'file';
+
+/** podman versions whose import path sequence (see ImportMode) is verified here. */
+export function streamedImportVerified(podmanVersion: string): boolean {
+  return /^4\.3\./.test(podmanVersion.trim());
+}
+
+export const receivedHashMarker = 'markco-received-sha256';
+
+/**
+ * Receives a checkpoint archive on stdin and restores it (`restore` names `<dir>/in.tar` as its import
+ * path). With `stream`, stdin starts with `headBytes` bytes of the archive's head as a tar of its own,
+ * then the whole archive. The target hashes every byte of the archive it received (openssl, or
+ * sha256sum) and prints `markco-received-sha256 <hex>` before podman's own output; podman's errors go
+ * to stderr. A restore that fails stops the feeding at once.
+ */
+export function receiveAndRestoreArgs(spec: { dir: string; mode: ImportMode; headBytes: number; restore: RestoreSpec }): string[] {
+  if (!spec.dir.startsWith('/')) throw new Error('receive directory must be absolute');
+  if (spec.restore.importPath !== `${spec.dir}/in.tar`) throw new Error('the restore must import <dir>/in.tar');
+  if (spec.mode === 'stream' && !(Number.isInteger(spec.headBytes) && spec.headBytes > 0)) throw new Error('a streamed import needs the head\'s size');
+  const script = `set -u
+dir=$1; mode=$2; headBytes=$3; shift 3
+in=$dir/in.tar; hashpipe=$dir/hash.fifo
+umask 077
+mkdir -p "$dir" && rm -f "$in" "$hashpipe" "$dir/hash" && mkfifo "$hashpipe" || exit 70
+exec 3<&0
+{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; } < "$hashpipe" > "$dir/hash" &
+hasher=$!
+feeder=
+if [ "$mode" = stream ]; then
+  mkfifo "$in" && dd of="$dir/head.tar" bs="$headBytes" count=1 iflag=fullblock status=none <&3 || exit 70
+  (
+    for open in 1 2; do { cat "$dir/head.tar"; head -c 67108864 /dev/zero; } > "$in" 2>/dev/null; done
+    exec tee -p "$hashpipe" <&3 > "$in"
+  ) &
+  feeder=$!
+else
+  tee "$hashpipe" <&3 > "$in" || exit 71
+fi
+"$@" > "$dir/restore.out" 2> "$dir/restore.err"; rc=$?
+if [ -n "$feeder" ]; then
+  if [ "$rc" = 0 ]; then wait "$feeder"; else
+    kill -STOP "$feeder" 2>/dev/null; pkill -KILL -P "$feeder"; kill -KILL "$feeder" 2>/dev/null
+  fi
+fi
+[ "$rc" = 0 ] && wait "$hasher" || kill "$hasher" 2>/dev/null
+printf '${receivedHashMarker} %s\n' "$(cut -d' ' -f1 "$dir/hash" 2>/dev/null)"
+cat "$dir/restore.out"; cat "$dir/restore.err" >&2
+exit $rc`;
+  return ['sh', '-c', script, 'markco-receive-restore', spec.dir, spec.mode, String(spec.mode === 'stream' ? spec.headBytes : 0), ...restoreArgs(spec.restore)];
+}
+
+/** The target's hash of what it received, and podman's own output after it. */
+export function parseReceiveOutput(stdout: string): { sha256: string; restoreOutput: string } {
+  const m = new RegExp(`^${receivedHashMarker} ([0-9a-f]{64})?\\n`).exec(stdout);
+  if (!m) throw new Error(`unexpected receive output: ${stdout.slice(0, 200)}`);
+  return { sha256: m[1] ?? '', restoreOutput: stdout.slice(m[0].length) };
+}
+
 /** Removes a container; a container that is already gone is not an error (idempotent retries). */
 export function removeContainerArgs(name: string): string[] {
   assertName('container name', name);

@@ -21,13 +21,17 @@ export class ChecksumMismatchError extends Error {
 }
 
 /** Counts and hashes the bytes passing through, and reports progress at most every `everyMs`. */
-class Meter extends Transform {
+export class ByteMeter extends Transform {
   readonly hash = createHash('sha256');
   bytes = 0;
   private lastReport = 0;
   private readonly started = Date.now();
-  constructor(private readonly onProgress: ((p: TransferProgress) => void) | undefined, private readonly everyMs: number) {
+  constructor(private readonly onProgress?: (p: TransferProgress) => void, private readonly everyMs = 1000) {
     super();
+  }
+  /** The sha256 of everything that passed (call once, after the end). */
+  hex(): string {
+    return this.hash.digest('hex');
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.hash.update(chunk);
@@ -63,7 +67,7 @@ export async function streamFileBetweenHosts(opts: {
   }
   const started = Date.now();
   const partial = `${opts.toPath}.partial`;
-  const meter = new Meter(opts.onProgress, opts.progressEveryMs ?? 1000);
+  const meter = new ByteMeter(opts.onProgress, opts.progressEveryMs ?? 1000);
   // A broken source destroys the meter with its error; the read side's promise reports it, so this
   // listener only keeps an unhandled 'error' from taking the whole worker down.
   meter.on('error', () => undefined);
@@ -136,6 +140,16 @@ export class TarMemberRewriter extends Transform {
   private paxSize: number | undefined;
   private longName: string | undefined;
   private pending: { header: Buffer; name: string; size: number; data: Buffer[]; got: number; kind: 'rewrite' | 'pax' | 'longname' } | undefined;
+  private headChunks: Buffer[] | undefined = [];
+  private settleHead!: { resolve: (head: Buffer) => void; reject: (err: Error) => void };
+  /**
+   * Everything emitted up to the end of the last named member, as a tar of its own (end-of-archive
+   * blocks appended): a streamed restore hands it to podman before the rest arrives (ImportMode).
+   * Rejects when the archive ends, or the stream fails, before every named member was seen.
+   */
+  readonly head: Promise<Buffer> = new Promise<Buffer>((resolve, reject) => {
+    this.settleHead = { resolve, reject };
+  });
 
   constructor(
     members: string[],
@@ -144,6 +158,28 @@ export class TarMemberRewriter extends Transform {
   ) {
     super();
     this.remaining = new Set(members);
+    this.head.catch(() => undefined);
+    this.on('error', (err) => this.endHead(err));
+  }
+
+  private headBytes = 0;
+
+  private forward(chunk: Buffer): void {
+    if (this.headChunks) {
+      this.headChunks.push(Buffer.from(chunk));
+      this.headBytes += chunk.length;
+      // The named members sit near the start; a head this big means they are not where expected.
+      if (this.headBytes > 256 * 1024 * 1024) this.endHead(new Error('no head within the first 256 MiB of the archive'));
+    }
+    this.push(chunk);
+  }
+
+  private endHead(failure?: Error): void {
+    const chunks = this.headChunks;
+    if (!chunks) return;
+    this.headChunks = undefined;
+    if (failure) this.settleHead.reject(failure);
+    else this.settleHead.resolve(Buffer.concat([...chunks, Buffer.alloc(2 * BLOCK)]));
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -160,6 +196,7 @@ export class TarMemberRewriter extends Transform {
   override _flush(cb: TransformCallback): void {
     if (this.buffered.length) this.push(this.buffered);
     this.buffered = Buffer.alloc(0);
+    this.endHead(new Error(`the archive ended before ${[...this.remaining].join(', ') || 'its head'}`));
     cb();
   }
 
@@ -167,13 +204,14 @@ export class TarMemberRewriter extends Transform {
     for (;;) {
       if (this.passthrough) {
         if (this.buffered.length) this.push(this.buffered);
+        this.endHead(this.remaining.size === 0 ? undefined : new Error(`the archive ended before ${[...this.remaining].join(', ')}`));
         this.buffered = Buffer.alloc(0);
         return;
       }
       if (this.passBytes > 0) {
         const n = Math.min(this.passBytes, this.buffered.length);
         if (n === 0) return;
-        this.push(this.buffered.subarray(0, n));
+        this.forward(this.buffered.subarray(0, n));
         this.buffered = this.buffered.subarray(n);
         this.passBytes -= n;
         continue;
@@ -188,22 +226,25 @@ export class TarMemberRewriter extends Transform {
         this.pending = undefined;
         if (p.kind === 'pax') {
           this.paxSize = Number(/(?:^|\n)\d+ size=(\d+)\n/.exec(data.toString('utf8'))?.[1] ?? NaN) || undefined;
-          this.push(p.header);
-          this.push(whole);
+          this.forward(p.header);
+          this.forward(whole);
         } else if (p.kind === 'longname') {
           this.longName = data.toString('utf8').replace(/\0+$/, '');
-          this.push(p.header);
-          this.push(whole);
+          this.forward(p.header);
+          this.forward(whole);
         } else {
           const replaced = this.rewrite(p.name, Buffer.from(data));
           const header = Buffer.from(p.header);
           setOctal(header, 124, 12, replaced.length);
-          this.push(withChecksum(header));
-          this.push(replaced);
+          this.forward(withChecksum(header));
+          this.forward(replaced);
           const pad = (BLOCK - (replaced.length % BLOCK)) % BLOCK;
-          if (pad) this.push(Buffer.alloc(pad));
+          if (pad) this.forward(Buffer.alloc(pad));
           this.remaining.delete(p.name);
-          if (this.remaining.size === 0) this.passthrough = true;
+          if (this.remaining.size === 0) {
+            this.endHead();
+            this.passthrough = true;
+          }
         }
         continue;
       }
@@ -212,7 +253,7 @@ export class TarMemberRewriter extends Transform {
       this.buffered = this.buffered.subarray(BLOCK);
       if (header.every((b) => b === 0)) {
         // End of archive (two zero blocks): nothing more to rewrite.
-        this.push(header);
+        this.forward(header);
         this.passthrough = true;
         continue;
       }
@@ -230,7 +271,7 @@ export class TarMemberRewriter extends Transform {
       } else if ((type === '0' || type === '\0') && this.remaining.has(name) && size <= this.maxMemberBytes) {
         this.pending = { header, name, size, data: [], got: 0, kind: 'rewrite' };
       } else {
-        this.push(header);
+        this.forward(header);
         this.passBytes = Math.ceil(size / BLOCK) * BLOCK;
       }
     }

@@ -146,20 +146,24 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
     step = 'checkpoint';
     await db.recordMigrationStep({ migrationId, step });
     if (escalated) await pauseSource();
-    const dumped = await checkpointWhenIdle(() => bulk.checkpointToTarget({ migrationId, sourceHostId: source.hostId, targetHostId: target.hostId, containerName: source.containerName, wasPaused: paused, memoryBytes: targetTier.memoryBytes }), escalated || input.reason === 'urgent');
+    // One activity from dump to restore: the target unpacks the archive while it streams in. It moves
+    // the row's step to 'restore' once the archive is across.
+    const moved = await checkpointWhenIdle(
+      () =>
+        bulk.checkpointIntoTarget({
+          migrationId,
+          sourceHostId: source.hostId,
+          targetHostId: target.hostId,
+          containerName: source.containerName,
+          wasPaused: paused,
+          address: prepared.address,
+          port: prepared.port,
+          memoryBytes: targetTier.memoryBytes,
+          cpus: targetTier.cpus,
+        }),
+      escalated || input.reason === 'urgent',
+    );
     paused = true;
-
-    step = 'restore';
-    await db.recordMigrationStep({ migrationId, step });
-    const restored = await bulk.restoreOnTarget({
-      targetHostId: target.hostId,
-      containerName: source.containerName,
-      archivePath: dumped.archivePath,
-      address: prepared.address,
-      port: prepared.port,
-      memoryBytes: plan.to.memoryBytes,
-      cpus: plan.to.cpus,
-    });
 
     step = 'health';
     await db.recordMigrationStep({ migrationId, step });
@@ -167,12 +171,12 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
 
     step = 'switch';
     await db.recordMigrationStep({ migrationId, step });
-    const moved: RuntimePlacement = { ...source, hostId: target.hostId, address: prepared.address, port: prepared.port, state: 'running', tier: plan.to.name, memoryLimitBytes: restored.memoryLimitBytes, cpuLimit: plan.to.cpus };
+    const placed: RuntimePlacement = { ...source, hostId: target.hostId, address: prepared.address, port: prepared.port, state: 'running', tier: plan.to.name, memoryLimitBytes: moved.memoryLimitBytes, cpuLimit: plan.to.cpus };
     const editor = plan.editor;
     if (editor) {
       // Registered before the call: a switch that half-applies must still be pointed back.
       undo.push({ name: 'point the editor back at the source', run: () => waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: source }) });
-      await waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: moved });
+      await waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: placed });
     }
     const timings = await db.completeMigration({
       migrationId,
@@ -181,10 +185,10 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
       port: prepared.port,
       address: prepared.address,
       tier: plan.to.name,
-      memoryLimitBytes: restored.memoryLimitBytes,
+      memoryLimitBytes: moved.memoryLimitBytes,
       cpuLimit: plan.to.cpus,
-      checkpointStartedAt: dumped.startedAt,
-      timings: { checkpointMs: dumped.checkpointMs, transferMs: dumped.transferMs, restoreMs: restored.restoreMs, frozenMs: dumped.frozenMs, archiveBytes: dumped.archiveBytes, archiveSha256: dumped.sha256 },
+      checkpointStartedAt: moved.startedAt,
+      timings: { checkpointMs: moved.checkpointMs, transferMs: moved.transferMs, restoreMs: moved.restoreMs, frozenMs: moved.frozenMs, archiveBytes: moved.archiveBytes, archiveSha256: moved.sha256 },
     });
     // Committed: the user runs on the target. Nothing below may undo that.
     undo.length = 0;
@@ -202,11 +206,12 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
       targetHostId: target.hostId,
       fromTier: plan.from.name,
       toTier: plan.to.name,
-      memoryLimitBytes: restored.memoryLimitBytes,
+      memoryLimitBytes: moved.memoryLimitBytes,
       timings,
     };
   } catch (err) {
-    const failedAt = step;
+    // The restore runs inside the checkpoint activity (the archive streams into it): name it when it failed.
+    const failedAt = (err as { cause?: { type?: string } }).cause?.type === ErrorType.RestoreFailed ? 'restore' : step;
     step = 'failed';
     await CancellationScope.nonCancellable(async () => {
       for (const u of undo.reverse()) {

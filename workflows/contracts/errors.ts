@@ -14,6 +14,8 @@ export const ErrorType = {
   HostCommandTimedOut: 'HostCommandTimedOut',
   HostUnsupported: 'HostUnsupported',
   ChecksumMismatch: 'ChecksumMismatch',
+  /** podman could not restore a checkpoint on the target host (the archive arrived whole). */
+  RestoreFailed: 'RestoreFailed',
   CloudApiFailed: 'CloudApiFailed',
   CloudRequestInvalid: 'CloudRequestInvalid',
   /** The runtime holds established TCP connections, which CRIU refuses to dump: try again shortly. */
