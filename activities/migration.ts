@@ -19,7 +19,11 @@ import { shellForHost } from './hosts.js';
 import type { ActivityDeps } from './index.js';
 import {
   cgroupMemoryLimitArgs,
+  cgroupFreezerArgs,
   checkpointThenPauseArgs,
+  parseCgroupFreezer,
+  readExportFreezingArgs,
+  frozenContainerArgs,
   parseCgroupMemoryLimit,
   parseCheckpointStats,
   parseReceiveOutput,
@@ -284,6 +288,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
     async unpauseRuntime(input: { hostId: string; containerName: string; migrationId?: string }): Promise<void> {
       const { shell } = await shellForHost(deps, input.hostId);
       if (input.migrationId) await killStaleDump(shell, migrationScratch(scratchDir, input.migrationId).fifo);
+      await shell.run(frozenContainerArgs(input.containerName, 'thaw'), { timeoutMs: 30_000 });
       if ((await containerStatus(shell, input.containerName)) !== 'paused') return;
       await shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
     },
@@ -371,7 +376,9 @@ export function createMigrationActivities(deps: ActivityDeps) {
       const scratch = migrationScratch(scratchDir, input.migrationId);
       const startedAt = Date.now();
       await Promise.all([killStaleDump(source.shell, scratch.fifo), killStaleReceive(target.shell, scratch.targetDir)]);
-      // A previous attempt may have paused the source after its dump: resume it, then dump again.
+      // A previous attempt may have paused the source after its dump (or frozen it, then died): resume
+      // it, then dump again.
+      await source.shell.run(frozenContainerArgs(input.containerName, 'thaw'), { timeoutMs: 30_000 });
       const current = await containerStatus(source.shell, input.containerName);
       if (current === 'missing') fail(ErrorType.NotFound, `the runtime container ${input.containerName} is gone from host ${input.sourceHostId}`);
       if (current === 'paused' && !input.wasPaused) await source.shell.run(unpauseArgs(input.containerName), { timeoutMs: 30_000 });
@@ -380,10 +387,11 @@ export function createMigrationActivities(deps: ActivityDeps) {
         if ((await containerStatus(target.shell, input.containerName)) !== 'missing') await target.shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
       }
       await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', scratch.sourceDir, scratch.fifo]);
-      const [fromRoots, toRoots, targetPodman] = await Promise.all([
+      const [fromRoots, toRoots, targetPodman, freezer] = await Promise.all([
         source.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout)),
         target.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout)),
         target.shell.run(['podman', 'version', '--format', '{{.Client.Version}}'], { timeoutMs: 30_000 }).then((r) => r.stdout.trim()),
+        source.shell.run(cgroupFreezerArgs(input.containerName), { timeoutMs: 30_000 }).then((r) => parseCgroupFreezer(r.stdout)),
       ]);
       const importMode: ImportMode = streamedImportVerified(targetPodman) ? 'stream' : 'file';
       // The archive's paths move to the target's storage roots and its spec gets the target tier's limit.
@@ -406,12 +414,12 @@ export function createMigrationActivities(deps: ActivityDeps) {
       let checkpointEndedAt = 0;
       try {
         const dumping = source.shell
-          .run(checkpointThenPauseArgs({ container: input.containerName, exportPath: scratch.fifo, leaveRunning: true, compress: 'none', wasPaused: input.wasPaused }), {
+          .run(checkpointThenPauseArgs({ container: input.containerName, exportPath: scratch.fifo, leaveRunning: true, compress: 'none', wasPaused: input.wasPaused, freezer }), {
             timeoutMs: 30 * 60_000,
             signal: abort.signal,
           })
           .finally(() => (checkpointEndedAt = Date.now()));
-        const reader = await source.shell.openReader(['cat', '--', scratch.fifo], bulk);
+        const reader = await source.shell.openReader(readExportFreezingArgs(scratch.fifo, freezer), bulk);
         reader.stdout.on('error', (err) => relocate.destroy(err));
         const archive = reader.stdout.pipe(relocate).pipe(meter);
         relocate.on('error', (err) => meter.destroy(err));
@@ -549,6 +557,8 @@ export function createMigrationActivities(deps: ActivityDeps) {
       const source = await store.hosts.get(input.sourceHostId);
       if (source && source.state !== 'terminated') {
         const { shell } = await shellForHost(deps, input.sourceHostId);
+        // Still frozen since its export: it must die without answering what it had queued.
+        if (input.sourceHostId !== input.targetHostId) await shell.run(frozenContainerArgs(input.containerName, 'kill'), { timeoutMs: 30_000 });
         await shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
         await shell.run(['rm', '-rf', migrationScratch(scratchDir, input.migrationId).sourceDir]).catch(() => undefined);
       }

@@ -283,19 +283,87 @@ export function parseCgroupMemoryLimit(stdout: string): number | null {
 }
 
 /**
+ * Prints `<file> <frozen> <thawed>`: the container's freezer control and its two values (cgroup v1
+ * `freezer.state` FROZEN/THAWED, v2 `cgroup.freeze` 1/0), found through /proc/<pid>/cgroup.
+ */
+export function cgroupFreezerArgs(name: string): string[] {
+  assertName('container name', name);
+  const script = `set -eu
+pid=$(podman container inspect --format '{{.State.Pid}}' "$1")
+awk -F: '$2=="freezer"{v1=$3} $1=="0"&&$2==""{v2=$3} END{if(v1!="")print "/sys/fs/cgroup/freezer" v1 "/freezer.state FROZEN THAWED"; else print "/sys/fs/cgroup" v2 "/cgroup.freeze 1 0"}' "/proc/$pid/cgroup"`;
+  return ['sh', '-c', script, 'markco-cgroup-freezer', name];
+}
+
+export interface CgroupFreezer {
+  file: string;
+  frozen: string;
+  thawed: string;
+}
+
+export function parseCgroupFreezer(stdout: string): CgroupFreezer {
+  const m = /^(\/sys\/fs\/cgroup\/\S+) (FROZEN|1) (THAWED|0)\s*$/.exec(stdout.trim());
+  if (!m || m[1]!.includes('..')) throw new Error(`unexpected cgroup freezer output: ${stdout.slice(0, 200)}`);
+  return { file: m[1]!, frozen: m[2]!, thawed: m[3]! };
+}
+
+/**
+ * Reads a checkpoint export FIFO to stdout, and freezes the container's cgroup as soon as the first
+ * block arrives: podman writes the archive only after CRIU's dump, and with --leave-running the process
+ * runs again by then, so whatever it did during the export would be missing on the target. Nothing is
+ * frozen when the dump fails before writing.
+ */
+export function readExportFreezingArgs(fifo: string, freezer: CgroupFreezer): string[] {
+  if (!fifo.startsWith('/')) throw new Error('the export FIFO path must be absolute');
+  const script = `fifo=$1; file=$2; frozen=$3; first=$fifo.first
+{ dd of="$first" bs=512 count=1 iflag=fullblock status=none || exit 70
+  [ -s "$first" ] && printf %s "$frozen" > "$file"
+  cat "$first" && rm -f "$first" && exec cat; } < "$fifo"`;
+  return ['sh', '-c', script, 'markco-export-reader', fifo, freezer.file, freezer.frozen];
+}
+
+/**
  * Checkpoints a running (or paused: podman refuses to dump those, so it is resumed first) container and
  * pauses it right after the dump: with --leave-running, anything the source answered after the dump would
  * silently be missing on the target. A container that was paused is paused again even when the dump
- * failed. The pause's own output goes to stderr so stdout stays the checkpoint's statistics.
+ * failed. The pause's own output goes to stderr so stdout stays the checkpoint's statistics. With a
+ * freezer (see readExportFreezingArgs), the reader froze the container as the export began and it stays
+ * frozen behind podman's back, which still calls it running (frozenContainerArgs ends that state).
  */
-export function checkpointThenPauseArgs(spec: CheckpointSpec & { wasPaused: boolean }): string[] {
+export function checkpointThenPauseArgs(spec: CheckpointSpec & { wasPaused: boolean; freezer?: CgroupFreezer }): string[] {
   const checkpoint = checkpointArgs({ ...spec, leaveRunning: true });
-  const script = `wasPaused=$1; name=$2; shift 2
+  const script = `wasPaused=$1; name=$2; file=$3; frozenValue=$4; thawed=$5; shift 5
 if [ "$wasPaused" = 1 ]; then podman unpause "$name" >&2 || exit $?; fi
 "$@"; rc=$?
-if [ "$rc" = 0 ] || [ "$wasPaused" = 1 ]; then podman pause "$name" >&2 || [ "$rc" != 0 ] || rc=$?; fi
+frozen=; [ -n "$file" ] && [ "$(cat "$file" 2>/dev/null)" = "$frozenValue" ] && frozen=1
+# The reader froze it: keep it frozen (runc would refuse to pause it, and a thaw, even a short one, would
+# let it answer requests queued meanwhile), unless the dump failed.
+if [ -n "$frozen" ] && [ "$rc" != 0 ]; then printf %s "$thawed" > "$file"; frozen=; fi
+if [ -z "$frozen" ] && { [ "$rc" = 0 ] || [ "$wasPaused" = 1 ]; }; then podman pause "$name" >&2 || [ "$rc" != 0 ] || rc=$?; fi
 exit $rc`;
-  return ['sh', '-c', script, 'markco-checkpoint', spec.wasPaused ? '1' : '0', spec.container, ...checkpoint];
+  return ['sh', '-c', script, 'markco-checkpoint', spec.wasPaused ? '1' : '0', spec.container, spec.freezer?.file ?? '', spec.freezer?.frozen ?? '', spec.freezer?.thawed ?? '', ...checkpoint];
+}
+
+/**
+ * For a container podman believes running whose cgroup is frozen (an export reader froze it): `thaw`
+ * lets it run again (the migration failed, or a retry dumps again); `kill` ends it without letting it
+ * run at all (the migration committed: a request it had queued must not be answered by a copy that is
+ * no longer the runtime), SIGKILL first, then thaw, so the kill is the first thing the tasks see.
+ * No-op for any other container.
+ */
+export function frozenContainerArgs(name: string, action: 'thaw' | 'kill'): string[] {
+  assertName('container name', name);
+  const script = `status=$(podman container inspect --format '{{.State.Status}}' "$1" 2>/dev/null) || exit 0
+[ "$status" = running ] || exit 0
+pid=$(podman container inspect --format '{{.State.Pid}}' "$1") || exit 0
+awk -F: '$2=="freezer"{print "/sys/fs/cgroup/freezer" $3 " freezer.state THAWED"} $1=="0"&&$2==""{print "/sys/fs/cgroup" $3 " cgroup.freeze 0"}' "/proc/$pid/cgroup" |
+while read -r dir control thawed; do
+  state=$(cat "$dir/$control" 2>/dev/null) || continue
+  case "$state" in FROZEN|FREEZING|1) ;; *) continue ;; esac
+  [ "$2" = kill ] && for p in $(cat "$dir/cgroup.procs"); do kill -KILL "$p" 2>/dev/null; done
+  printf %s "$thawed" > "$dir/$control"
+done
+exit 0`;
+  return ['sh', '-c', script, 'markco-frozen', name, action];
 }
 
 export function inspectContainerArgs(name: string): string[] {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import type { Client } from '@temporalio/client';
@@ -58,6 +59,13 @@ describe('migration between registered hosts', () => {
   };
   const migrate = async (target: string, targetHostId: string) => (await (await ops.startMigration(userId, { target, targetHostId })).handle.result()) as MigrateRuntimeResult;
 
+  /** The namespace host as a ready EC2 host (again: leaving an EC2 host for base terminates it). */
+  async function registerRemote(): Promise<void> {
+    const remote = h.state.hosts[0]!;
+    await db.store.hosts.upsert({ id: remote.hostId, kind: 'ec2', address: remote.address, state: 'booting', sshUser: remote.sshUser, hostKey: remote.hostKey, instanceId: `i-${remote.hostId.replace(/[^a-z0-9]/g, '')}`, instanceType: 't3.small' });
+    await db.store.hosts.markReady(remote.hostId, await probeHostFacts(shells.for(connectionTo(remote))));
+  }
+
   before(async () => {
     const remote = h.state.hosts[0]!;
     // The runtime AMI has the images baked in: the namespace host reads the machine's built images.
@@ -66,8 +74,7 @@ describe('migration between registered hosts', () => {
     shells = testShells(h.state);
     await registerBaseHost(db.store, shells);
     remoteId = remote.hostId;
-    await db.store.hosts.upsert({ id: remoteId, kind: 'ec2', address: remote.address, state: 'booting', sshUser: remote.sshUser, hostKey: remote.hostKey, instanceId: `i-${remote.hostId.replace(/[^a-z0-9]/g, '')}`, instanceType: 't3.small' });
-    await db.store.hosts.markReady(remoteId, await probeHostFacts(shells.for(connectionTo(remote))));
+    await registerRemote();
     const started = await startTestWorker(h.state, { store: db.store, shells });
     worker = started.worker;
     taskQueue = started.taskQueue;
@@ -132,5 +139,44 @@ describe('migration between registered hosts', () => {
     );
     await assert.rejects(migrate('t3.nope', remoteId), (err: Error) => /not a tier of the free plan/.test(innermostMessage(err)));
     assert.equal((await runtimeOf()).state, 'running', 'a refused migration leaves the runtime as it was');
+  });
+
+  test('the source answers nothing once its archive is being exported: a request then fails instead of vanishing on the target', async () => {
+    // 200 MiB behind a short repr, so the export lasts long enough to be caught.
+    await execute(['import os', 'class Blob:', '    def __init__(self, n):', '        self._data = os.urandom(n)', '    def __repr__(self):', "        return f'<Blob {len(self._data)}>'", 'b = Blob(200 << 20)'].join('\n'));
+    const source = await runtimeOf();
+    assert.equal(source.hostId, 'base');
+    await registerRemote();
+    const migrating = migrate('t3.small', remoteId);
+    let refused: unknown;
+    migrating.catch((err: unknown) => (refused = err));
+    // The target's receiver tees the archive into podman only after the export has begun.
+    const deadline = Date.now() + 60_000;
+    let migrationId: string | undefined;
+    for (;;) {
+      if (refused) assert.fail(`the migration failed: ${innermostMessage(refused)}`);
+      if (Date.now() > deadline) {
+        const rows = await db.pool.query(`SELECT status, step, error FROM migrations WHERE user_id = $1 ORDER BY started_at`, [userId]);
+        assert.fail(`the export never began: ${JSON.stringify(rows.rows)}`);
+      }
+      migrationId ??= (await db.pool.query(`SELECT id FROM migrations WHERE user_id = $1 AND status = 'running'`, [userId])).rows[0]?.id as string | undefined;
+      if (migrationId && spawnSync('pgrep', ['-f', `tee -p .*${migrationId}.*hash.fifo`]).status === 0) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const answer = await request(`http://${source.address}:${source.port}/mrp/v1/execute`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', connection: 'close' },
+      body: JSON.stringify({ code: 'late = 7' }),
+      headersTimeout: 1500,
+      bodyTimeout: 1500,
+    }).then(
+      (r) => `answered ${r.statusCode}`,
+      (err: Error) => `no answer (${err.name})`,
+    );
+    assert.match(answer, /^no answer/, 'the frozen source must not accept work the target will not have');
+    const moved = await migrating;
+    assert.equal(moved.targetHostId, remoteId);
+    assert.equal((await execute('x')).result, '42');
+    assert.match((await execute("'late' in globals()")).result, /False/, 'the request the source never answered is not on the target either');
   });
 });
