@@ -82,6 +82,10 @@ const summary = (xs: number[]) => `${ms(median(xs))} (${Math.round(Math.min(...x
 interface MarkcoRun {
   scenario: string;
   wallMs: number;
+  /** Until the commit: the runtimes row names the target and the editor uses it (the source's removal follows). */
+  toCommitMs: number;
+  /** Share of the machine's CPU time that was busy during the run (0..1). */
+  cpuBusy: number;
   checkpointMs: number;
   transferMs: number;
   restoreMs: number;
@@ -90,6 +94,7 @@ interface MarkcoRun {
   archiveBytes: number;
 }
 interface RawRun {
+  cpuBusy: number;
   scenario: string;
   compress: 'zstd' | 'none';
   wallMs: number;
@@ -246,21 +251,39 @@ async function keepFirstRunDir(from: Place, to: Place): Promise<void> {
 // ---------------------------------------------------------------- the two pipelines
 let ops: Operations;
 
+/** CPU time of the whole machine from /proc/stat: what share of both cores a pipeline kept busy. */
+function cpuSample(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const idle = (f[3] ?? 0) + (f[4] ?? 0);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - idle, total };
+}
+function busyShare(from: { busy: number; total: number }): number {
+  const to = cpuSample();
+  return to.total > from.total ? (to.busy - from.busy) / (to.total - from.total) : NaN;
+}
+
 async function markco(scenario: string, target: string, targetHostId: string): Promise<MarkcoRun> {
   await settle();
   const t0 = performance.now();
+  const t0Epoch = Date.now();
+  const cpu = cpuSample();
   const started = await ops.startMigration(userId, { target, targetHostId });
   const result = (await started.handle.result()) as MigrateRuntimeResult;
   const wallMs = performance.now() - t0;
+  const cpuBusy = busyShare(cpu);
   if (result.targetHostId !== targetHostId) throw new Error(`the migration went to ${result.targetHostId}, not ${targetHostId}`);
   const row = (
-    await db!.pool.query(`SELECT status, checkpoint_ms, transfer_ms, restore_ms, downtime_ms, frozen_ms, archive_bytes FROM migrations WHERE id = $1`, [result.migrationId])
-  ).rows[0] as Record<string, string | number | null> | undefined;
+    await db!.pool.query(`SELECT status, checkpoint_ms, transfer_ms, restore_ms, downtime_ms, frozen_ms, archive_bytes, completed_at FROM migrations WHERE id = $1`, [result.migrationId])
+  ).rows[0] as (Record<string, string | number | null> & { completed_at: Date }) | undefined;
   if (!row || row.status !== 'completed') throw new Error(`migration ${result.migrationId} has no completed row: ${JSON.stringify(row)}`);
   await checkContent(`markco ${scenario}`);
   const out: MarkcoRun = {
     scenario,
     wallMs,
+    cpuBusy,
+    // completed_at is written by the commit, on this machine's clock.
+    toCommitMs: row.completed_at.getTime() - t0Epoch,
     checkpointMs: Number(row.checkpoint_ms),
     transferMs: Number(row.transfer_ms),
     restoreMs: Number(row.restore_ms),
@@ -269,7 +292,7 @@ async function markco(scenario: string, target: string, targetHostId: string): P
     archiveBytes: Number(row.archive_bytes),
   };
   console.log(
-    `  markco ${scenario.padEnd(14)} ${ms(wallMs).padStart(9)}  checkpoint ${out.checkpointMs} transfer ${out.transferMs} restore ${out.restoreMs} downtime ${out.downtimeMs} frozen ${out.frozenMs} ms, archive ${(out.archiveBytes / 2 ** 20).toFixed(0)} MiB`,
+    `  markco ${scenario.padEnd(14)} ${ms(wallMs).padStart(9)}  (to commit ${ms(out.toCommitMs)})  checkpoint ${out.checkpointMs} transfer ${out.transferMs} restore ${out.restoreMs} downtime ${out.downtimeMs} frozen ${out.frozenMs} ms, archive ${(out.archiveBytes / 2 ** 20).toFixed(0)} MiB`,
   );
   return out;
 }
@@ -292,6 +315,7 @@ async function raw(scenario: string, from: Place, to: Place, compress: 'zstd' | 
 
   await keepFirstRunDir(from, to);
   const t0 = performance.now();
+  const cpu = cpuSample();
   const checkpoint = ['podman', 'container', 'checkpoint', '--leave-running', '--print-stats', '--export', src, ...(compress === 'none' ? ['--compress', 'none'] : []), `rt-${userId}`];
   const cp = await onPlace(from, checkpoint);
   const t1 = performance.now();
@@ -306,15 +330,16 @@ async function raw(scenario: string, from: Place, to: Place, compress: 'zstd' | 
   rawNames.push({ where: to, name });
   const rs = await onPlace(to, ['podman', 'container', 'restore', '--print-stats', '--import', dst, '--name', name, '--publish', `${address}:${port}:8888`]);
   const t3 = performance.now();
+  const cpuBusy = busyShare(cpu);
 
   const cpStats = parseCheckpointStats(cp.stdout);
   const rsStats = parseRestoreStats(rs.stdout);
   const state = (await onPlace(to, ['podman', 'container', 'inspect', '--format', '{{.State.Status}}', name])).stdout.trim();
   if (state !== 'running') throw new Error(`the raw copy ${name} on ${placeName(to)} is ${state} after its restore`);
   const archiveBytes = Number((await run('stat', ['-c', '%s', dst])).stdout.trim());
-  const out: RawRun = { scenario, compress, wallMs: t3 - t0, checkpointMs: t1 - t0, copyMs: t2 - t1, restoreMs: t3 - t2, frozenMs: cpStats.frozenMs, archiveBytes, criuRestoreMs: rsStats.restoreMs };
+  const out: RawRun = { cpuBusy, scenario, compress, wallMs: t3 - t0, checkpointMs: t1 - t0, copyMs: t2 - t1, restoreMs: t3 - t2, frozenMs: cpStats.frozenMs, archiveBytes, criuRestoreMs: rsStats.restoreMs };
   console.log(
-    `  raw    ${scenario.padEnd(14)} ${ms(out.wallMs).padStart(9)}  ${compress.padEnd(4)} checkpoint ${Math.round(out.checkpointMs)} copy ${Math.round(out.copyMs)} restore ${Math.round(out.restoreMs)} ms (CRIU frozen ${out.frozenMs}, restore ${out.criuRestoreMs} ms), archive ${(archiveBytes / 2 ** 20).toFixed(0)} MiB`,
+    `  raw    ${scenario.padEnd(14)} ${ms(out.wallMs).padStart(9)}  ${compress.padEnd(4)} checkpoint ${Math.round(out.checkpointMs)} copy ${Math.round(out.copyMs)} restore ${Math.round(out.restoreMs)} ms (CRIU frozen ${out.frozenMs}, restore ${out.criuRestoreMs} ms), archive ${(archiveBytes / 2 ** 20).toFixed(0)} MiB, CPU ${(cpuBusy * 100).toFixed(0)}% busy`,
   );
   if (measureHashes) await hashEvidence(dst);
   // Untimed: the copy and both files go.
@@ -421,6 +446,8 @@ try {
     console.log(`${scenario}`);
     const archiveGib = median(m.map((r) => r.archiveBytes)) / GiB;
     console.log(`  markco wall        ${summary(m.map((r) => r.wallMs))}  = ${(wall / 1000 / gibMoved).toFixed(1)} s per GiB of random bytes (goal <= 4 s/GiB), ${(wall / 1000 / archiveGib).toFixed(1)} s per GiB of archive`);
+    const toCommit = median(m.map((r) => r.toCommitMs));
+    console.log(`  markco to commit   ${summary(m.map((r) => r.toCommitMs))}  (the user runs on the target; the source's removal follows)`);
     console.log(`    checkpoint_ms ${summary(m.map((r) => r.checkpointMs))}, transfer_ms ${summary(m.map((r) => r.transferMs))}, restore_ms ${summary(m.map((r) => r.restoreMs))}`);
     console.log(`    downtime_ms ${summary(m.map((r) => r.downtimeMs))}, CRIU frozen_ms ${summary(m.map((r) => r.frozenMs ?? NaN))}, archive ${(median(m.map((r) => r.archiveBytes)) / 2 ** 20).toFixed(0)} MiB`);
     for (const compress of ['zstd', 'none'] as const) {
@@ -430,7 +457,7 @@ try {
       console.log(`  raw ${compress.padEnd(4)} wall      ${summary(r.map((x) => x.wallMs))}  = ${(rw / 1000 / gibMoved).toFixed(1)} s/GiB`);
       console.log(`    checkpoint ${summary(r.map((x) => x.checkpointMs))}, copy ${summary(r.map((x) => x.copyMs))}, restore ${summary(r.map((x) => x.restoreMs))}`);
       console.log(`    CRIU frozen ${summary(r.map((x) => x.frozenMs))}, CRIU restore ${summary(r.map((x) => x.criuRestoreMs))}, archive ${(median(r.map((x) => x.archiveBytes)) / 2 ** 20).toFixed(0)} MiB`);
-      console.log(`  ratio markco/raw ${compress}: ${(wall / rw).toFixed(2)}x  (goal <= 0.7x)`);
+      console.log(`  ratio markco/raw ${compress}: ${(wall / rw).toFixed(2)}x  (goal <= 0.7x); to commit ${(toCommit / rw).toFixed(2)}x`);
     }
   }
   for (const x of hashes) console.log(`hashing the received ${(x.bytes / 2 ** 20).toFixed(0)} MiB archive: ${x.tool} ${ms(x.ms)} (${((x.ms / 1000) * (GiB / x.bytes)).toFixed(1)} s/GiB)`);
