@@ -11,7 +11,7 @@ import { hostIdPattern, minimumCriuVersion, type HostConnection, type HostFacts,
 import { userIdPattern, type Plan } from '../workflows/contracts/users.js';
 import { describeInstanceById, findHostInstances, findManagedInstances, requireCloud, terminateInstanceById } from './ec2.js';
 import { HostConnectError, type HostShells, type HostShell } from './host-shell.js';
-import { compareVersions, criuVersionArgs, parseCriuVersion, parsePodmanVersion, podmanRuntimeArgs, podmanVersionArgs } from './podman-commands.js';
+import { compareVersions, criuVersionArgs, parseCriuVersion, parsePodmanVersion, podmanRuntimeArgs, podmanVersionArgs, parseStorageRoots, storageRootsArgs } from './podman-commands.js';
 import { decideReap, type ReapDecision } from './reap-decisions.js';
 
 export interface HostActivityDeps {
@@ -33,7 +33,7 @@ export async function shellForHost(deps: Pick<HostActivityDeps, 'store' | 'shell
 /** Reads what decides whether a host can run and checkpoint runtimes. */
 export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Promise<HostFacts> {
   const opts = { timeoutMs: 30_000, ...(signal ? { signal } : {}) };
-  const [podman, runtime, criu, uname, nproc, meminfo, status] = await Promise.all([
+  const [podman, runtime, criu, uname, nproc, meminfo, status, roots] = await Promise.all([
     shell.run(podmanVersionArgs, opts),
     shell.run(podmanRuntimeArgs, opts),
     shell.run(criuVersionArgs, opts),
@@ -41,6 +41,7 @@ export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Pr
     shell.run(['nproc'], opts),
     shell.run(['cat', '/proc/meminfo'], opts),
     shell.run(['cat', '/proc/self/status'], opts),
+    shell.run(storageRootsArgs, opts),
   ]);
   const [ociRuntime = '', cgroupVersion = ''] = runtime.stdout.trim().split(/\s+/);
   const memKb = Number(/^MemTotal:\s+(\d+)\s+kB/m.exec(meminfo.stdout)?.[1] ?? 0);
@@ -53,6 +54,7 @@ export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Pr
     memoryBytes: memKb * 1024,
     cgroupVersion,
     rootHasSysResource: hasCapability(status.stdout, CAP_SYS_RESOURCE),
+    storageRoots: parseStorageRoots(roots.stdout),
   };
 }
 

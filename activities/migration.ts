@@ -16,6 +16,7 @@ import type { Plan } from '../workflows/contracts/users.js';
 import { activitySignal, currentActivity, heartbeat } from './context.js';
 import { HostAbortError, HostCommandError, type HostShell } from './host-shell.js';
 import { shellForHost } from './hosts.js';
+import type { HostRecord } from '../lib/store.js';
 import type { ActivityDeps } from './index.js';
 import {
   cgroupMemoryLimitArgs,
@@ -387,10 +388,13 @@ export function createMigrationActivities(deps: ActivityDeps) {
         if ((await containerStatus(target.shell, input.containerName)) !== 'missing') await target.shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
       }
       await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', scratch.sourceDir, scratch.fifo]);
+      // Host facts from registration where recorded; asked for otherwise (hosts probed before they were).
+      const rootsOf = (h: { host: HostRecord; shell: HostShell }) =>
+        h.host.facts.storageRoots ?? h.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout));
       const [fromRoots, toRoots, targetPodman, freezer] = await Promise.all([
-        source.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout)),
-        target.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout)),
-        target.shell.run(['podman', 'version', '--format', '{{.Client.Version}}'], { timeoutMs: 30_000 }).then((r) => r.stdout.trim()),
+        rootsOf(source),
+        rootsOf(target),
+        target.host.facts.podmanVersion ?? target.shell.run(['podman', 'version', '--format', '{{.Client.Version}}'], { timeoutMs: 30_000 }).then((r) => r.stdout.trim()),
         source.shell.run(cgroupFreezerArgs(input.containerName), { timeoutMs: 30_000 }).then((r) => parseCgroupFreezer(r.stdout)),
       ]);
       const importMode: ImportMode = streamedImportVerified(targetPodman) ? 'stream' : 'file';

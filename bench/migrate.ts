@@ -292,7 +292,7 @@ async function markco(scenario: string, target: string, targetHostId: string): P
     archiveBytes: Number(row.archive_bytes),
   };
   console.log(
-    `  markco ${scenario.padEnd(14)} ${ms(wallMs).padStart(9)}  (to commit ${ms(out.toCommitMs)})  checkpoint ${out.checkpointMs} transfer ${out.transferMs} restore ${out.restoreMs} downtime ${out.downtimeMs} frozen ${out.frozenMs} ms, archive ${(out.archiveBytes / 2 ** 20).toFixed(0)} MiB`,
+    `  markco ${scenario.padEnd(14)} ${ms(wallMs).padStart(9)}  (to commit ${ms(out.toCommitMs)})  checkpoint ${out.checkpointMs} transfer ${out.transferMs} restore ${out.restoreMs} downtime ${out.downtimeMs} frozen ${out.frozenMs} ms, archive ${(out.archiveBytes / 2 ** 20).toFixed(0)} MiB, CPU ${(out.cpuBusy * 100).toFixed(0)}% busy`,
   );
   return out;
 }

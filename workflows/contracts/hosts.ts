@@ -44,6 +44,11 @@ export interface HostFacts {
    * capability dropped instead of as the image's unprivileged user.
    */
   rootHasSysResource: boolean;
+  /**
+   * podman's storage roots (`podman info` GraphRoot, RunRoot). A checkpoint holds paths under them, and
+   * a migration rewrites the source's into the target's. Absent on hosts probed before it was recorded.
+   */
+  storageRoots?: { graphRoot: string; runRoot: string };
 }
 
 export interface RegisterHostResult {
