@@ -41,7 +41,8 @@ export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Pr
     shell.run(['nproc'], opts),
     shell.run(['cat', '/proc/meminfo'], opts),
     shell.run(['cat', '/proc/self/status'], opts),
-    shell.run(storageRootsArgs, opts),
+    // Optional: a host whose podman cannot say is judged by the checks above, and a migration asks again.
+    shell.run(storageRootsArgs, opts).then((r) => parseStorageRoots(r.stdout)).catch(() => undefined),
   ]);
   const [ociRuntime = '', cgroupVersion = ''] = runtime.stdout.trim().split(/\s+/);
   const memKb = Number(/^MemTotal:\s+(\d+)\s+kB/m.exec(meminfo.stdout)?.[1] ?? 0);
@@ -54,7 +55,7 @@ export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Pr
     memoryBytes: memKb * 1024,
     cgroupVersion,
     rootHasSysResource: hasCapability(status.stdout, CAP_SYS_RESOURCE),
-    storageRoots: parseStorageRoots(roots.stdout),
+    ...(roots ? { storageRoots: roots } : {}),
   };
 }
 

@@ -164,7 +164,10 @@ export function restoreArgs(spec: RestoreSpec): string[] {
  *   opens the import path three times: twice for the container's definition (config.dump, spec.dump,
  *   the /dev/shm archive), then once to unpack everything else. The first two opens get the archive's
  *   head (those members, sent ahead by the worker); the third gets the whole stream. Each head is
- *   followed by zeros until podman closes its end, so the next open is a new one, never the same reader.
+ *   followed by zeros until podman closes its end, so the next open is a new one, never the same reader;
+ *   and as soon as a reader has opened the FIFO, a fresh FIFO is renamed over the path, so podman's next
+ *   open can never join a writer still filling the previous one (under load it did, and the unpacking
+ *   read zeros: an empty archive).
  * - `file`: written to a file first, then restored (every other podman version, until verified).
  */
 export type ImportMode = 'stream' | 'file';
@@ -191,7 +194,7 @@ export function receiveAndRestoreArgs(spec: { dir: string; mode: ImportMode; hea
 dir=$1; mode=$2; headBytes=$3; shift 3
 in=$dir/in.tar; hashpipe=$dir/hash.fifo
 umask 077
-mkdir -p "$dir" && rm -f "$in" "$hashpipe" "$dir/hash" && mkfifo "$hashpipe" || exit 70
+mkdir -p "$dir" && rm -f "$in" "$in.next" "$hashpipe" "$dir/hash" && mkfifo "$hashpipe" || exit 70
 exec 3<&0
 { openssl dgst -sha256 -r 2>/dev/null || sha256sum; } < "$hashpipe" > "$dir/hash" &
 hasher=$!
@@ -199,7 +202,12 @@ feeder=
 if [ "$mode" = stream ]; then
   mkfifo "$in" && dd of="$dir/head.tar" bs="$headBytes" count=1 iflag=fullblock status=none <&3 || exit 70
   (
-    for open in 1 2; do { cat "$dir/head.tar"; head -c 67108864 /dev/zero; } > "$in" 2>/dev/null; done
+    for open in 1 2; do
+      exec 4>"$in"
+      mkfifo "$in.next" && mv -f "$in.next" "$in" || exit 70
+      { cat "$dir/head.tar"; head -c 67108864 /dev/zero; } >&4 2>/dev/null
+      exec 4>&-
+    done
     exec tee -p "$hashpipe" <&3 > "$in"
   ) &
   feeder=$!
