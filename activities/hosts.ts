@@ -30,11 +30,23 @@ export async function shellForHost(deps: Pick<HostActivityDeps, 'store' | 'shell
   return { host, shell: deps.shells.for(connectionOf(host)) };
 }
 
+type ProbeOptions = { timeoutMs: number; signal?: AbortSignal };
+
+/** The host's podman version (as recorded in HostFacts.podmanVersion). */
+export async function readPodmanVersion(shell: HostShell, opts: ProbeOptions): Promise<string> {
+  return parsePodmanVersion((await shell.run(podmanVersionArgs, opts)).stdout);
+}
+
+/** The host's podman storage roots (as recorded in HostFacts.storageRoots). */
+export async function readStorageRoots(shell: HostShell, opts: ProbeOptions): Promise<{ graphRoot: string; runRoot: string }> {
+  return parseStorageRoots((await shell.run(storageRootsArgs, opts)).stdout);
+}
+
 /** Reads what decides whether a host can run and checkpoint runtimes. */
 export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Promise<HostFacts> {
-  const opts = { timeoutMs: 30_000, ...(signal ? { signal } : {}) };
-  const [podman, runtime, criu, uname, nproc, meminfo, status, roots] = await Promise.all([
-    shell.run(podmanVersionArgs, opts),
+  const opts: ProbeOptions = { timeoutMs: 30_000, ...(signal ? { signal } : {}) };
+  const [podmanVersion, runtime, criu, uname, nproc, meminfo, status, roots] = await Promise.all([
+    readPodmanVersion(shell, opts),
     shell.run(podmanRuntimeArgs, opts),
     shell.run(criuVersionArgs, opts),
     shell.run(['uname', '-r'], opts),
@@ -42,12 +54,12 @@ export async function probeHostFacts(shell: HostShell, signal?: AbortSignal): Pr
     shell.run(['cat', '/proc/meminfo'], opts),
     shell.run(['cat', '/proc/self/status'], opts),
     // Optional: a host whose podman cannot say is judged by the checks above, and a migration asks again.
-    shell.run(storageRootsArgs, opts).then((r) => parseStorageRoots(r.stdout)).catch(() => undefined),
+    readStorageRoots(shell, opts).catch(() => undefined),
   ]);
   const [ociRuntime = '', cgroupVersion = ''] = runtime.stdout.trim().split(/\s+/);
   const memKb = Number(/^MemTotal:\s+(\d+)\s+kB/m.exec(meminfo.stdout)?.[1] ?? 0);
   return {
-    podmanVersion: parsePodmanVersion(podman.stdout),
+    podmanVersion,
     ociRuntime,
     criuVersion: parseCriuVersion(criu.stdout),
     kernel: uname.stdout.trim(),

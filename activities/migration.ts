@@ -7,7 +7,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { reachableAddressOf } from '../lib/store.js';
+import { reachableAddressOf, type HostRecord } from '../lib/store.js';
 import { defaultTierLadder, nextTier, smallestTierFor, tierNamed, type Tier } from '../lib/tiers.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import type { MigrationTimings } from '../workflows/contracts/elastic.js';
@@ -15,8 +15,7 @@ import type { EditorPlacement, RuntimePlacement } from '../workflows/contracts/u
 import type { Plan } from '../workflows/contracts/users.js';
 import { activitySignal, currentActivity, heartbeat } from './context.js';
 import { HostAbortError, HostCommandError, type HostShell } from './host-shell.js';
-import { shellForHost } from './hosts.js';
-import type { HostRecord } from '../lib/store.js';
+import { readPodmanVersion, readStorageRoots, shellForHost } from './hosts.js';
 import type { ActivityDeps } from './index.js';
 import {
   cgroupMemoryLimitArgs,
@@ -28,10 +27,8 @@ import {
   parseCgroupMemoryLimit,
   parseCheckpointStats,
   parseReceiveOutput,
-  parseStorageRoots,
   relocateStoragePaths,
   setCheckpointMemoryLimit,
-  storageRootsArgs,
   pauseArgs,
   removeContainerArgs,
   receiveAndRestoreArgs,
@@ -389,12 +386,11 @@ export function createMigrationActivities(deps: ActivityDeps) {
       }
       await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', scratch.sourceDir, scratch.fifo]);
       // Host facts from registration where recorded; asked for otherwise (hosts probed before they were).
-      const rootsOf = (h: { host: HostRecord; shell: HostShell }) =>
-        h.host.facts.storageRoots ?? h.shell.run(storageRootsArgs, { timeoutMs: 30_000 }).then((r) => parseStorageRoots(r.stdout));
+      const rootsOf = (h: { host: HostRecord; shell: HostShell }) => h.host.facts.storageRoots ?? readStorageRoots(h.shell, { timeoutMs: 30_000 });
       const [fromRoots, toRoots, targetPodman, freezer] = await Promise.all([
         rootsOf(source),
         rootsOf(target),
-        target.host.facts.podmanVersion ?? target.shell.run(['podman', 'version', '--format', '{{.Client.Version}}'], { timeoutMs: 30_000 }).then((r) => r.stdout.trim()),
+        target.host.facts.podmanVersion ?? readPodmanVersion(target.shell, { timeoutMs: 30_000 }),
         source.shell.run(cgroupFreezerArgs(input.containerName), { timeoutMs: 30_000 }).then((r) => parseCgroupFreezer(r.stdout)),
       ]);
       const importMode: ImportMode = streamedImportVerified(targetPodman) ? 'stream' : 'file';
