@@ -104,7 +104,7 @@ export interface BootWatcher {
    * (exit 125); with `unsupported` its podman reports the crun runtime, so registerHost refuses the host.
    */
   failNextBoot(kind: BadAmi): void;
-  /** The hosts booted and still running. */
+  /** The hosts booted and still running (a host being shut down is not listed). */
   booted(): NamespaceHostInfo[];
   /** The host booted for an instance, if it runs. */
   hostOf(instanceId: string): NamespaceHostInfo | undefined;
@@ -163,6 +163,7 @@ export function startBootWatcher(opts: BootWatcherOptions): BootWatcher {
   const hosts = new Map<string, NamespaceHostInfo>();
   const inFlight = new Map<string, Promise<void>>();
   const givenUp = new Set<string>();
+  const closing = new Set<string>();
   let failNext: BadAmi | undefined;
   let stopped = false;
   const filters = [
@@ -216,8 +217,14 @@ export function startBootWatcher(opts: BootWatcherOptions): BootWatcher {
   async function shutDown(instanceId: string): Promise<void> {
     const info = hosts.get(instanceId);
     if (!info) return;
-    await destroyNamespaceHost(info);
-    hosts.delete(instanceId);
+    // From here on the host is no longer running: commands on it are killed by the teardown.
+    closing.add(instanceId);
+    try {
+      await destroyNamespaceHost(info);
+      hosts.delete(instanceId);
+    } finally {
+      closing.delete(instanceId);
+    }
     log.info({ instanceId, hostId: info.hostId }, 'simulated instance shut down');
   }
 
@@ -273,7 +280,7 @@ export function startBootWatcher(opts: BootWatcherOptions): BootWatcher {
       if (!(kind in badAmiShims)) throw new Error(`unknown bad AMI ${String(kind)} (expected ${Object.keys(badAmiShims).join(' or ')})`);
       failNext = kind;
     },
-    booted: () => [...hosts.values()],
+    booted: () => [...hosts].filter(([id]) => !closing.has(id)).map(([, info]) => info),
     hostOf: (instanceId) => hosts.get(instanceId),
   };
 }

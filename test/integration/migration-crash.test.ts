@@ -78,7 +78,14 @@ describe('migration across a worker crash', () => {
     /** Where `rt-<id>` exists: the base server and every booted host. */
     const runtimeCopies = async () => {
       const where: Record<string, number> = { base: await containerNames(hostEnvShell(h.state.baseHost).run(['podman', 'ps', '--all', '--format', '{{.Names}}'])) };
-      for (const host of watcher.booted()) where[host.address] = await containerNames(podmanOn(host, ['ps', '--all', '--format', '{{.Names}}']));
+      for (const host of watcher.booted()) {
+        try {
+          where[host.address] = await containerNames(podmanOn(host, ['ps', '--all', '--format', '{{.Names}}']));
+        } catch (err) {
+          // A host whose instance was just terminated is being torn down under the command: it holds nothing.
+          if (watcher.booted().some((b) => b.hostId === host.hostId)) throw err;
+        }
+      }
       return where;
     };
     const liveInstancesOfUser = async () => {
