@@ -18,7 +18,31 @@ export interface HostShell {
   run(argv: readonly string[], opts?: RunOptions): Promise<RunResult>;
   /** Starts argv and hands its stdout over as a stream; `done` settles when the command has exited. */
   openReader(argv: readonly string[], opts?: RunOptions): Promise<{ stdout: Readable; done: Promise<RunResult> }>;
+  /**
+   * Starts argv as a process of this machine (a local child, or an OpenSSH client for a bulk command on an
+   * ssh host) for an OS-level pipeline: its stdout is the process's own pipe, left unread for the next
+   * command's `stdinFrom`, and with `stdinFrom` its stdin is that pipe itself. Bytes between two such
+   * commands never pass through this process. Undefined where the shell cannot (a host reached only
+   * through ssh2); absent on shells that never can.
+   */
+  startPiped?(argv: readonly string[], opts: PipedRunOptions): PipedCommand | undefined;
+  /** Whether startPiped can start commands here. */
+  canPipe?(): boolean;
   close(): Promise<void>;
+}
+
+export interface PipedRunOptions extends Omit<RunOptions, 'stdin' | 'bulk'> {
+  /** The stdout of another piped command: becomes this command's stdin (and is closed in this process). */
+  stdinFrom?: Readable;
+  /** `pipe` (default): stdout is handed over for a next command; `capture`: collected into the result, as run() does. */
+  stdout?: 'pipe' | 'capture';
+}
+
+export interface PipedCommand {
+  /** The command's stdout pipe (with `stdout: 'pipe'`): hand it to the next command's `stdinFrom`; never read it here. */
+  stdout: Readable;
+  /** Settles when the command has exited; with a piped stdout its result's stdout is empty, stderr is kept. */
+  done: Promise<RunResult>;
 }
 
 export interface RunOptions {
@@ -208,9 +232,20 @@ export class LocalShell implements HostShell {
     return { stdout, done };
   }
 
+  canPipe(): boolean {
+    return true;
+  }
+
+  startPiped(argv: readonly string[], opts: PipedRunOptions): PipedCommand {
+    assertUnread(opts.stdinFrom);
+    let stdout: Readable | undefined;
+    const { done } = this.start(argv, opts, opts.stdout === 'capture', undefined, pipedSpawn(opts, (s) => (stdout = s)));
+    return { stdout: stdout ?? failedPipe(done), done };
+  }
+
   async close(): Promise<void> {}
 
-  private start(argv: readonly string[], opts: RunOptions, capture: boolean, stdoutSink?: PassThrough): { done: Promise<RunResult> } {
+  private start(argv: readonly string[], opts: RunOptions, capture: boolean, stdoutSink?: PassThrough, piped?: PipedSpawn): { done: Promise<RunResult> } {
     const command = shellJoin(argv);
     const [file, ...args] = argv as [string, ...string[]];
     const timeoutMs = opts.timeoutMs ?? this.defaults.commandTimeoutMs;
@@ -219,7 +254,10 @@ export class LocalShell implements HostShell {
     const done = new Promise<RunResult>((resolve, reject) => {
       if (opts.signal?.aborted) return reject(new HostAbortError(this.hostId, command));
       // A process group of its own, so a timeout or a cancel kills everything the command started.
-      const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env: this.defaults.env ?? process.env });
+      const child = spawn(file, args, { stdio: [piped?.stdinFrom ?? 'pipe', 'pipe', 'pipe'], detached: true, env: this.defaults.env ?? process.env });
+      // This process's copy of the producer's pipe goes: the consumer alone reads it, and a producer
+      // whose consumer died gets EPIPE instead of blocking on a reader that never reads.
+      piped?.stdinFrom?.destroy();
       let killedFor: 'timeout' | 'abort' | undefined;
       const { settle: finish } = commandLifetime(timeoutMs, opts.signal, (why) => {
         killedFor = why;
@@ -229,10 +267,11 @@ export class LocalShell implements HostShell {
           child.kill('SIGKILL');
         }
       });
-      if (capture || !stdoutSink) child.stdout.on('data', (c: Buffer) => collector.stdout(c));
-      else child.stdout.pipe(stdoutSink);
-      child.stderr.on('data', (c: Buffer) => collector.stderr(c));
-      child.stdin.on('error', () => {
+      if (piped?.onStdout) piped.onStdout(child.stdout!);
+      else if (capture || !stdoutSink) child.stdout!.on('data', (c: Buffer) => collector.stdout(c));
+      else child.stdout!.pipe(stdoutSink);
+      child.stderr!.on('data', (c: Buffer) => collector.stderr(c));
+      child.stdin?.on('error', () => {
         /* the command may exit without reading all of stdin; its exit status tells the story */
       });
       child.on('error', (err: NodeJS.ErrnoException) =>
@@ -262,11 +301,43 @@ export class LocalShell implements HostShell {
           resolve(result);
         }),
       );
-      feedStdin(opts.stdin, child.stdin);
+      if (child.stdin) feedStdin(opts.stdin, child.stdin);
     });
     done.catch(() => undefined);
     return { done };
   }
+}
+
+/**
+ * The producer's stdout must reach the consumer unread: Node starts reading a child's stdout pipe on the
+ * event loop's next turn, so the consumer has to be started in the same turn as the producer.
+ */
+function assertUnread(stdinFrom: Readable | undefined): void {
+  if (!stdinFrom) return;
+  const read = (stdinFrom as Readable & { bytesRead?: number }).bytesRead ?? 0;
+  if (read > 0 || stdinFrom.readableLength > 0 || stdinFrom.destroyed) {
+    throw new Error('a piped command must be started in the same turn as the command whose stdout it reads');
+  }
+}
+
+interface PipedSpawn {
+  stdinFrom: Readable | undefined;
+  /** Receives the child's stdout pipe; absent when stdout is captured. */
+  onStdout?: (stdout: Readable) => void;
+}
+
+function pipedSpawn(opts: PipedRunOptions, onStdout: (stdout: Readable) => void): PipedSpawn {
+  return { stdinFrom: opts.stdinFrom, ...(opts.stdout === 'capture' ? {} : { onStdout }) };
+}
+
+/** A stdout for a piped command that never started: it fails as the command did. */
+function failedPipe(done: Promise<RunResult>): Readable {
+  const stdout = new PassThrough();
+  done.then(
+    () => stdout.end(),
+    (err: Error) => stdout.destroy(err),
+  );
+  return stdout;
 }
 
 export interface SshShellOptions {
@@ -393,6 +464,19 @@ export class SshShell implements HostShell {
     return { stdout, done };
   }
 
+  canPipe(): boolean {
+    return this.openSshArgs() !== undefined;
+  }
+
+  startPiped(argv: readonly string[], opts: PipedRunOptions): PipedCommand | undefined {
+    const openssh = this.openSshArgs();
+    if (!openssh) return undefined;
+    assertUnread(opts.stdinFrom);
+    let stdout: Readable | undefined;
+    const { done } = this.execOpenSsh(openssh, argv, opts, opts.stdout === 'capture', undefined, pipedSpawn(opts, (s) => (stdout = s)));
+    return { stdout: stdout ?? failedPipe(done), done };
+  }
+
   async close(): Promise<void> {
     const conn = this.connection;
     this.connection = undefined;
@@ -512,13 +596,15 @@ export class SshShell implements HostShell {
     ];
   }
 
-  private execOpenSsh(sshArgs: string[], argv: readonly string[], opts: RunOptions, capture: boolean, stdoutSink?: PassThrough): { done: Promise<RunResult> } {
+  private execOpenSsh(sshArgs: string[], argv: readonly string[], opts: RunOptions, capture: boolean, stdoutSink?: PassThrough, piped?: PipedSpawn): { done: Promise<RunResult> } {
     const command = this.privileged(argv);
     const timeoutMs = opts.timeoutMs ?? this.opts.commandTimeoutMs;
     const started = Date.now();
     const collector = new OutputCollector(opts.maxStdoutBytes ?? DEFAULT_MAX_STDOUT);
     const done = new Promise<RunResult>((resolve, reject) => {
-      const child = spawn('ssh', [...sshArgs, this.remoteCommand(argv)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      if (opts.signal?.aborted) return reject(new HostAbortError(this.hostId, command));
+      const child = spawn('ssh', [...sshArgs, this.remoteCommand(argv)], { stdio: [piped?.stdinFrom ?? 'pipe', 'pipe', 'pipe'] });
+      piped?.stdinFrom?.destroy();
       let stoppedFor: 'timeout' | 'abort' | undefined;
       const stderr = new PgidPreamble((c) => collector.stderr(c));
       const { settle } = commandLifetime(timeoutMs, opts.signal, (why) => {
@@ -529,10 +615,11 @@ export class SshShell implements HostShell {
         if (stderr.pgid) void this.killGroup(stderr.pgid).then(killLocal, killLocal);
         else killLocal();
       });
-      if (capture || !stdoutSink) child.stdout.on('data', (c: Buffer) => collector.stdout(c));
-      else child.stdout.pipe(stdoutSink);
-      child.stderr.on('data', (c: Buffer) => stderr.push(c));
-      child.stdin.on('error', () => {
+      if (piped?.onStdout) piped.onStdout(child.stdout!);
+      else if (capture || !stdoutSink) child.stdout!.on('data', (c: Buffer) => collector.stdout(c));
+      else child.stdout!.pipe(stdoutSink);
+      child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+      child.stdin?.on('error', () => {
         /* the command may exit without reading all of stdin; its exit status tells the story */
       });
       child.on('error', (err) => settle(() => (stdoutSink?.destroy(err), reject(err))));
@@ -553,7 +640,7 @@ export class SshShell implements HostShell {
           resolve(result);
         }),
       );
-      feedStdin(opts.stdin, child.stdin);
+      if (child.stdin) feedStdin(opts.stdin, child.stdin);
     });
     done.catch(() => undefined);
     return { done };

@@ -14,7 +14,7 @@ import type { MigrationTimings } from '../workflows/contracts/elastic.js';
 import type { EditorPlacement, RuntimePlacement } from '../workflows/contracts/user-environment.js';
 import type { Plan } from '../workflows/contracts/users.js';
 import { activitySignal, currentActivity, heartbeat } from './context.js';
-import { HostAbortError, HostCommandError, type HostShell } from './host-shell.js';
+import { HostAbortError, HostCommandError, type HostShell, type RunResult } from './host-shell.js';
 import { readPodmanVersion, readStorageRoots, shellForHost } from './hosts.js';
 import type { ActivityDeps } from './index.js';
 import {
@@ -27,7 +27,10 @@ import {
   parseCgroupMemoryLimit,
   parseCheckpointStats,
   parseReceiveOutput,
+  parseSentReport,
+  readExportPipedArgs,
   relocateStoragePaths,
+  sentProgressArgs,
   setCheckpointMemoryLimit,
   pauseArgs,
   removeContainerArgs,
@@ -35,7 +38,9 @@ import {
   streamedImportVerified,
   unpauseArgs,
   updateMemoryArgs,
+  type CgroupFreezer,
   type ImportMode,
+  type RestoreSpec,
 } from './podman-commands.js';
 import { ByteMeter, ChecksumMismatchError, TarMemberRewriter } from './transfer.js';
 import { basePathOf, containerUserFor, runtimeContainerPort } from './user-containers.js';
@@ -134,6 +139,109 @@ async function checkpointFailure(shell: HostShell, err: unknown): Promise<never>
     if (tail) throw new HostCommandError(err.hostId, err.command, err.exitCode, err.signalName, `${err.stderr}\n${tail}`, err.stdout);
   }
   throw err;
+}
+
+/** How many of the archive's first bytes a piped transfer keeps for its head (config.dump and spec.dump sit in the first 64 KiB). */
+const headWindowBytes = 1024 * 1024;
+
+/** One way the archive moves from the source's export to the target's restore. */
+interface ArchiveTransfer {
+  /** The source's reading: what it sent, counted and hashed. */
+  sent: Promise<{ bytes: number; sha256: string }>;
+  /** The archive's rewritten head reaching the target, where it travels on its own. */
+  head: Promise<void>;
+  /** The target's receive-and-restore command. */
+  received: Promise<RunResult>;
+}
+
+interface TransferSpec {
+  source: HostShell;
+  target: HostShell;
+  scratch: ReturnType<typeof migrationScratch>;
+  freezer: CgroupFreezer;
+  /** Rewrites config.dump and spec.dump; its `head` is what podman's definition reads get. */
+  relocate: TarMemberRewriter;
+  restore: RestoreSpec;
+  bulk: { timeoutMs: number; signal: AbortSignal; bulk: true };
+  /** The head is known: from now on the bytes are the transfer's. */
+  onHead(): void;
+  /** The source has sent its last byte. */
+  onSent(): void;
+}
+
+/**
+ * The archive flows source -> target through OS pipes between two processes of this machine (local, or
+ * OpenSSH clients): it never passes through this process, which only reads the first bytes the source
+ * kept (`head.raw`), rewrites config.dump and spec.dump from them, and writes that head to the target as
+ * a file of its own. podman's definition reads get that head; its unpacking takes the whole archive as
+ * sent, where both members are skipped. Source and target hash the same bytes.
+ */
+function pipeArchive(o: TransferSpec): ArchiveTransfer {
+  const src = o.source.startPiped!(readExportPipedArgs({ fifo: o.scratch.fifo, freezer: o.freezer, dir: o.scratch.sourceDir, headMax: headWindowBytes }), o.bulk)!;
+  // Started in the same turn as the source: its stdout must reach the target unread.
+  const dst = o.target.startPiped!(receiveAndRestoreArgs({ dir: o.scratch.targetDir, mode: 'stream', headBytes: 0, restore: o.restore }), { ...o.bulk, stdinFrom: src.stdout, stdout: 'capture' })!;
+  const sent = src.done.then((r) => {
+    o.onSent();
+    return parseSentReport(r.stderr);
+  });
+  const head = (async () => {
+    const raw = await readFileOnceWritten(o.source, posix.join(o.scratch.sourceDir, 'head.raw'), o.bulk);
+    o.onHead();
+    o.relocate.resume();
+    o.relocate.end(raw);
+    const rewritten = await o.relocate.head;
+    await o.target.run(['sh', '-c', 'cat > "$1.part" && mv -f "$1.part" "$1"', 'markco-head', posix.join(o.scratch.targetDir, 'head.tar')], { stdin: rewritten, signal: o.bulk.signal, timeoutMs: 60_000 });
+  })();
+  return { sent, head, received: dst.done };
+}
+
+/**
+ * The archive flows source -> worker -> target, rewritten and hashed here on the way: for targets that
+ * write the file before restoring (their whole archive needs the rewritten members) and hosts reached
+ * only through ssh2.
+ */
+function relayArchive(o: TransferSpec & { importMode: ImportMode; onBytes(bytes: number): void }): ArchiveTransfer {
+  const meter = new ByteMeter((p) => o.onBytes(p.bytes), 2000);
+  // The bytes already read wait here while the head is sent ahead: the head is only known once they
+  // have passed, and stream buffers alone would stop the source first (the head is capped at 256 MiB).
+  const body = new PassThrough({ highWaterMark: 256 * 1024 * 1024 });
+  const metered = new Promise<void>((resolve, reject) => {
+    meter.on('end', () => {
+      o.onSent();
+      resolve();
+    });
+    meter.on('error', reject);
+  });
+  metered.catch(() => undefined);
+  const sent = (async () => {
+    const reader = await o.source.openReader(readExportFreezingArgs(o.scratch.fifo, o.freezer), o.bulk);
+    reader.stdout.on('error', (err) => o.relocate.destroy(err));
+    o.relocate.on('error', (err) => meter.destroy(err));
+    const archive = reader.stdout.pipe(o.relocate).pipe(meter);
+    archive.pipe(body);
+    archive.on('error', (err) => body.destroy(err));
+    await Promise.all([reader.done, metered]);
+    return { bytes: meter.bytes, sha256: meter.hex() };
+  })();
+  const received = (async () => {
+    const head = o.importMode === 'stream' ? await o.relocate.head : undefined;
+    o.onHead();
+    const stdin = new PassThrough();
+    if (head) stdin.write(head);
+    body.pipe(stdin);
+    body.on('error', (err) => stdin.destroy(err));
+    return o.target.run(receiveAndRestoreArgs({ dir: o.scratch.targetDir, mode: o.importMode, headBytes: head?.length ?? 0, restore: o.restore }), { ...o.bulk, stdin });
+  })();
+  return { sent, head: Promise.resolve(), received };
+}
+
+/** A file's bytes once it exists (written elsewhere and renamed into place), waiting for it. */
+async function readFileOnceWritten(shell: HostShell, path: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<Buffer> {
+  const reader = await shell.openReader(['sh', '-c', 'until [ -f "$1" ]; do sleep 0.05; done; exec cat "$1"', 'markco-wait-file', path], opts);
+  const chunks: Buffer[] = [];
+  reader.stdout.on('data', (c: Buffer) => chunks.push(c));
+  await reader.done;
+  return Buffer.concat(chunks);
 }
 
 export function createMigrationActivities(deps: ActivityDeps) {
@@ -384,7 +492,11 @@ export function createMigrationActivities(deps: ActivityDeps) {
         // Left by an earlier attempt; never the user's runtime (the row still names the source).
         if ((await containerStatus(target.shell, input.containerName)) !== 'missing') await target.shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 });
       }
-      await source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', scratch.sourceDir, scratch.fifo]);
+      await Promise.all([
+        source.shell.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2" && mkfifo -m 600 "$2"', 'markco-fifo', scratch.sourceDir, scratch.fifo]),
+        // A head an earlier attempt left would be taken for this one's (the receiver waits for the file).
+        target.shell.run(['rm', '-f', posix.join(scratch.targetDir, 'head.tar')]),
+      ]);
       // Host facts from registration where recorded; asked for otherwise (hosts probed before they were).
       const rootsOf = (h: { host: HostRecord; shell: HostShell }) => h.host.facts.storageRoots ?? readStorageRoots(h.shell, { timeoutMs: 30_000 });
       const [fromRoots, toRoots, targetPodman, freezer] = await Promise.all([
@@ -398,20 +510,37 @@ export function createMigrationActivities(deps: ActivityDeps) {
       const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (_name, data) =>
         Buffer.from(setCheckpointMemoryLimit(relocateStoragePaths(data.toString('utf8'), fromRoots!, toRoots!), input.memoryBytes), 'utf8'),
       );
-      const meter = new ByteMeter();
       let phase = 'checkpoint';
-      const beat = setInterval(() => activity?.heartbeat({ step: phase, bytes: meter.bytes }), 2000);
+      let progressBytes = 0;
       const abort = new AbortController();
       activitySignal()?.addEventListener('abort', () => abort.abort(), { once: true });
-      const bulk = { timeoutMs: 30 * 60_000, signal: abort.signal, bulk: true };
+      const bulk = { timeoutMs: 30 * 60_000, signal: abort.signal, bulk: true as const };
       const publishIp = target.host.kind === 'base' ? '127.0.0.1' : input.address;
       const restore = {
         importPath: posix.join(scratch.targetDir, 'in.tar'),
         name: input.containerName,
         ports: [{ hostIp: publishIp, hostPort: input.port, containerPort: runtimeContainerPort }],
       };
+      // Piped: the bytes go source -> target through OS pipes between the two ssh (or local) processes and
+      // never through this process, whose only part is the archive's head. Elsewhere (a host reached only
+      // through ssh2, or a target that writes the file first) they are relayed here.
+      const piped = importMode === 'stream' && !!source.shell.canPipe?.() && !!target.shell.canPipe?.();
       let streamEndedAt = 0;
       let checkpointEndedAt = 0;
+      const endOfStream = () => {
+        streamEndedAt = Date.now();
+        phase = 'restore';
+        void store.migrations.setStep(input.migrationId, { step: 'restore' }).catch(() => undefined);
+      };
+      const beat = setInterval(() => {
+        if (piped && phase === 'transfer') {
+          void source.shell
+            .run(sentProgressArgs(scratch.sourceDir), { timeoutMs: 5000 })
+            .then((r) => (progressBytes = Number(r.stdout.trim()) || progressBytes))
+            .catch(() => undefined);
+        }
+        activity?.heartbeat({ step: phase, bytes: progressBytes });
+      }, 2000);
       try {
         const dumping = source.shell
           .run(checkpointThenPauseArgs({ container: input.containerName, exportPath: scratch.fifo, leaveRunning: true, compress: 'none', wasPaused: input.wasPaused, freezer }), {
@@ -419,40 +548,20 @@ export function createMigrationActivities(deps: ActivityDeps) {
             signal: abort.signal,
           })
           .finally(() => (checkpointEndedAt = Date.now()));
-        const reader = await source.shell.openReader(readExportFreezingArgs(scratch.fifo, freezer), bulk);
-        reader.stdout.on('error', (err) => relocate.destroy(err));
-        const archive = reader.stdout.pipe(relocate).pipe(meter);
-        relocate.on('error', (err) => meter.destroy(err));
-        meter.on('end', () => {
-          streamEndedAt = Date.now();
-          phase = 'restore';
-          void store.migrations.setStep(input.migrationId, { step: 'restore' }).catch(() => undefined);
-        });
+        const transfer = piped
+          ? pipeArchive({ source: source.shell, target: target.shell, scratch, freezer, relocate, restore, bulk, onHead: () => (phase = 'transfer'), onSent: endOfStream })
+          : relayArchive({ source: source.shell, target: target.shell, scratch, freezer, relocate, importMode, restore, bulk, onHead: () => (phase = 'transfer'), onSent: endOfStream, onBytes: (n) => (progressBytes = n) });
         // Whichever part fails first stops the others: a dump that never opens the FIFO would leave the
         // reader waiting, and a failed restore would leave the dump writing into a full pipe.
-        // The bytes already read wait here while the head is sent ahead: the head is only known once they
-        // have passed, and stream buffers alone would stop the source first (the head is capped at 256 MiB).
-        const body = new PassThrough({ highWaterMark: 256 * 1024 * 1024 });
-        archive.pipe(body);
-        archive.on('error', (err) => body.destroy(err));
-        const receiving = (async () => {
-          const head = importMode === 'stream' ? await relocate.head : undefined;
-          phase = 'transfer';
-          const stdin = new PassThrough();
-          if (head) stdin.write(head);
-          body.pipe(stdin);
-          body.on('error', (err) => stdin.destroy(err));
-          return target.shell.run(receiveAndRestoreArgs({ dir: scratch.targetDir, mode: importMode, headBytes: head?.length ?? 0, restore }), { ...bulk, stdin });
-        })();
         // The first part to fail is the cause; the others fail because they were stopped.
-        const failures: { part: 'dump' | 'read' | 'restore'; err: unknown }[] = [];
-        const watch = <T>(part: 'dump' | 'read' | 'restore', p: Promise<T>) =>
+        const failures: { part: 'dump' | 'read' | 'head' | 'restore'; err: unknown }[] = [];
+        const watch = <T>(part: 'dump' | 'read' | 'head' | 'restore', p: Promise<T>) =>
           p.catch((err: unknown) => {
             if (!(err instanceof HostAbortError)) failures.push({ part, err });
             abort.abort();
             throw err;
           });
-        const [dumped, , received] = await Promise.allSettled([watch('dump', dumping), watch('read', reader.done), watch('restore', receiving)]);
+        const [dumped, sent, , received] = await Promise.allSettled([watch('dump', dumping), watch('read', transfer.sent), watch('head', transfer.head), watch('restore', transfer.received)]);
         const cause = failures[0];
         if (cause?.part === 'dump') return await checkpointFailure(source.shell, cause.err);
         if (cause?.part === 'restore' && restoreFailed(cause.err)) {
@@ -460,12 +569,13 @@ export function createMigrationActivities(deps: ActivityDeps) {
         }
         if (cause) throw cause.err;
         if (dumped.status === 'rejected') throw dumped.reason;
+        if (sent.status === 'rejected') throw sent.reason;
         if (received.status === 'rejected') throw received.reason;
         const { sha256: written } = parseReceiveOutput(received.value.stdout);
-        const sent = meter.hex();
-        if (written !== sent) {
+        const { sha256: sentSha, bytes: archiveBytes } = sent.value;
+        if (written !== sentSha) {
           await target.shell.run(removeContainerArgs(input.containerName), { timeoutMs: 60_000 }).catch(() => undefined);
-          throw ApplicationFailure.create({ type: ErrorType.ChecksumMismatch, message: String(new ChecksumMismatchError(sent, written, input.targetHostId).message) });
+          throw ApplicationFailure.create({ type: ErrorType.ChecksumMismatch, message: String(new ChecksumMismatchError(sentSha, written, input.targetHostId).message) });
         }
         phase = 'limits';
         await target.shell.run(updateMemoryArgs(input.containerName, input.memoryBytes, input.cpus), { timeoutMs: 30_000 });
@@ -482,8 +592,8 @@ export function createMigrationActivities(deps: ActivityDeps) {
         })();
         return {
           archivePath: restore.importPath,
-          archiveBytes: meter.bytes,
-          sha256: sent,
+          archiveBytes,
+          sha256: sentSha,
           checkpointMs: checkpointEndedAt - startedAt,
           transferMs: streamEndedAt - startedAt,
           restoreMs: Date.now() - streamEndedAt,

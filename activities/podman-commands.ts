@@ -189,7 +189,7 @@ export const receivedHashMarker = 'markco-received-sha256';
 export function receiveAndRestoreArgs(spec: { dir: string; mode: ImportMode; headBytes: number; restore: RestoreSpec }): string[] {
   if (!spec.dir.startsWith('/')) throw new Error('receive directory must be absolute');
   if (spec.restore.importPath !== `${spec.dir}/in.tar`) throw new Error('the restore must import <dir>/in.tar');
-  if (spec.mode === 'stream' && !(Number.isInteger(spec.headBytes) && spec.headBytes > 0)) throw new Error('a streamed import needs the head\'s size');
+  if (spec.mode === 'stream' && !(Number.isInteger(spec.headBytes) && spec.headBytes >= 0)) throw new Error('a streamed import needs the head\'s size, or 0 for a head written to <dir>/head.tar');
   const script = `set -u
 dir=$1; mode=$2; headBytes=$3; shift 3
 in=$dir/in.tar; hashpipe=$dir/hash.fifo
@@ -200,7 +200,13 @@ exec 3<&0
 hasher=$!
 feeder=
 if [ "$mode" = stream ]; then
-  mkfifo "$in" && dd of="$dir/head.tar" bs="$headBytes" count=1 iflag=fullblock status=none <&3 || exit 70
+  if [ "$headBytes" = 0 ]; then
+    # The head comes as a file of its own (a piped transfer: stdin is the archive alone), renamed into place.
+    until [ -s "$dir/head.tar" ]; do sleep 0.05; done
+    mkfifo "$in" || exit 70
+  else
+    mkfifo "$in" && dd of="$dir/head.tar" bs="$headBytes" count=1 iflag=fullblock status=none <&3 || exit 70
+  fi
   (
     for open in 1 2; do
       exec 4>"$in"
@@ -225,6 +231,51 @@ printf '${receivedHashMarker} %s\n' "$(cut -d' ' -f1 "$dir/hash" 2>/dev/null)"
 cat "$dir/restore.out"; cat "$dir/restore.err" >&2
 exit $rc`;
   return ['sh', '-c', script, 'markco-receive-restore', spec.dir, spec.mode, String(spec.mode === 'stream' ? spec.headBytes : 0), ...restoreArgs(spec.restore)];
+}
+
+export const sentMarker = 'markco-sent';
+
+/**
+ * The source's end of a piped transfer (bytes source -> target through OS pipes, never through the
+ * worker): reads the export FIFO as readExportFreezingArgs does (the runtime frozen at the first block)
+ * and writes the archive to stdout, hashing it on the way. The first `headMax` bytes are also kept as
+ * `<dir>/head.raw`, in place before any byte goes out (the target waits for the head before it reads its
+ * stdin, so a head kept only after sending would deadlock), for the worker to take the archive's head from, and
+ * `<dir>/hasher.pid` names the hashing process, whose read count is the transfer's progress. Ends with
+ * `markco-sent <bytes> <sha256>` on stderr; exit 70 when reading or hashing failed.
+ */
+export function readExportPipedArgs(spec: { fifo: string; freezer: CgroupFreezer; dir: string; headMax: number }): string[] {
+  if (!spec.fifo.startsWith('/') || !spec.dir.startsWith('/')) throw new Error('the export FIFO and the reader directory must be absolute');
+  if (!(Number.isInteger(spec.headMax) && spec.headMax > 512)) throw new Error('headMax must be a whole number of bytes above 512');
+  const script = `set -u
+fifo=$1; file=$2; frozen=$3; dir=$4; headMax=$5; first=$fifo.first
+hashpipe=$dir/sent.fifo
+rm -f "$hashpipe" "$dir/head.raw" "$dir/sent.sha256" "$dir/read.rc" "$dir/read.err" && mkfifo "$hashpipe" || exit 70
+{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; } < "$hashpipe" > "$dir/sent.sha256" &
+hasher=$!
+printf %s "$hasher" > "$dir/hasher.pid"
+{ dd of="$first" bs=512 count=1 iflag=fullblock status=none &&
+  { [ ! -s "$first" ] || printf %s "$frozen" > "$file"; } &&
+  dd bs=$((headMax - 512)) count=1 iflag=fullblock status=none >> "$first" &&
+  mv -f "$first" "$dir/head.raw" && cat "$dir/head.raw" &&
+  dd bs=1M 2> "$dir/read.err"; printf %s "$?" > "$dir/read.rc"; } < "$fifo" | tee -p "$hashpipe"
+wait "$hasher" || exit 70
+[ "$(cat "$dir/read.rc" 2>/dev/null)" = 0 ] || { cat "$dir/read.err" >&2 2>/dev/null; exit 70; }
+rest=$(awk '$2 == "bytes" { print $1; exit }' "$dir/read.err")
+printf '${sentMarker} %s %s\n' "$(( $(wc -c < "$dir/head.raw") + \${rest:-0} ))" "$(cut -d' ' -f1 "$dir/sent.sha256")" >&2`;
+  return ['sh', '-c', script, 'markco-export-pipe', spec.fifo, spec.freezer.file, spec.freezer.frozen, spec.dir, String(spec.headMax)];
+}
+
+/** The byte count and sha256 a piped reader (readExportPipedArgs) reports on stderr. */
+export function parseSentReport(stderr: string): { bytes: number; sha256: string } {
+  const m = new RegExp(`(?:^|\\n)${sentMarker} (\\d+) ([0-9a-f]{64})\\n`).exec(stderr);
+  if (!m) throw new Error(`the source reported no byte count and hash: ${stderr.slice(-300)}`);
+  return { bytes: Number(m[1]), sha256: m[2]! };
+}
+
+/** Reads a piped reader's progress: how many bytes its hashing process has read so far. */
+export function sentProgressArgs(dir: string): string[] {
+  return ['sh', '-c', 'pid=$(cat "$1/hasher.pid" 2>/dev/null) && sed -n "s/^rchar: //p" "/proc/$pid/io" 2>/dev/null || true', 'markco-progress', dir];
 }
 
 /** The target's hash of what it received, and podman's own output after it. */

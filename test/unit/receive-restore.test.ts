@@ -5,7 +5,8 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { parseReceiveOutput, receiveAndRestoreArgs, streamedImportVerified } from '../../activities/podman-commands.js';
+import { LocalShell } from '../../activities/host-shell.js';
+import { parseReceiveOutput, parseSentReport, readExportPipedArgs, receiveAndRestoreArgs, streamedImportVerified } from '../../activities/podman-commands.js';
 
 /**
  * A stand-in `podman` that opens its --import path the way podman 4.3.1 does (verified with strace):
@@ -104,7 +105,49 @@ test('streamed import is used only where podman\'s open sequence was verified; b
   assert.equal(streamedImportVerified('4.3.1\n'), true);
   assert.equal(streamedImportVerified('4.9.3'), false);
   assert.equal(streamedImportVerified('5.2.0'), false);
-  assert.throws(() => receiveAndRestoreArgs({ dir: '/x', mode: 'stream', headBytes: 0, restore: { importPath: '/x/in.tar' } }), /head/);
+  assert.throws(() => receiveAndRestoreArgs({ dir: '/x', mode: 'stream', headBytes: -1, restore: { importPath: '/x/in.tar' } }), /head/);
+  assert.throws(() => receiveAndRestoreArgs({ dir: '/x', mode: 'stream', headBytes: 1.5, restore: { importPath: '/x/in.tar' } }), /head/);
+  assert.throws(() => readExportPipedArgs({ fifo: 'rel/f', freezer: { file: '/f', frozen: 'FROZEN', thawed: 'THAWED' }, dir: '/d', headMax: 4096 }), /absolute/);
+  assert.throws(() => readExportPipedArgs({ fifo: '/f', freezer: { file: '/f', frozen: 'FROZEN', thawed: 'THAWED' }, dir: '/d', headMax: 512 }), /headMax/);
+  assert.throws(() => parseSentReport('markco-sent 12\n'), /no byte count and hash/);
   assert.throws(() => receiveAndRestoreArgs({ dir: '/x', mode: 'file', headBytes: 0, restore: { importPath: '/y/in.tar' } }), /in\.tar/);
   assert.throws(() => parseReceiveOutput('garbage'), /unexpected receive output/);
+});
+
+test('piped: the export goes source -> target through OS pipes unread; the head travels as a file; both ends hash the same bytes', async () => {
+  const { dir, env } = fixture();
+  try {
+    // The archive as the source exports it: config.dump still names the source; the rewritten head says otherwise.
+    writeFileSync(join(dir, 'src', 'config.dump'), '{"rewritten":false}');
+    execFileSync('tar', ['-C', join(dir, 'src'), '--format=gnu', '-cf', join(dir, 'exported.tar'), 'config.dump', 'spec.dump', 'pages.img']);
+    const exported = readFileSync(join(dir, 'exported.tar'));
+    const head = readFileSync(join(dir, 'head.tar'));
+    const sourceDir = join(dir, 'source');
+    const rx = join(dir, 'rx');
+    execFileSync('mkdir', ['-p', sourceDir, rx]);
+    const fifo = join(sourceDir, 'out.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const freezerFile = join(dir, 'freezer.state');
+    writeFileSync(freezerFile, 'THAWED');
+    const shell = new LocalShell('base', { commandTimeoutMs: 60_000, env });
+    const src = shell.startPiped(readExportPipedArgs({ fifo, freezer: { file: freezerFile, frozen: 'FROZEN', thawed: 'THAWED' }, dir: sourceDir, headMax: 1024 * 1024 }), {});
+    const dst = shell.startPiped(receiveAndRestoreArgs({ dir: rx, mode: 'stream', headBytes: 0, restore: { importPath: `${rx}/in.tar`, name: 'rt-x' } }), { stdinFrom: src.stdout, stdout: 'capture' });
+    // The export: podman writes the archive into the FIFO.
+    const exporting = run(['sh', '-c', 'cat "$1" > "$2"', 'export', join(dir, 'exported.tar'), fifo], [], env);
+    // The worker's part: the first bytes the source kept, then the rewritten head on the target.
+    const raw = await shell.run(['sh', '-c', 'until [ -f "$1" ]; do sleep 0.05; done; exec cat "$1"', 'wait', join(sourceDir, 'head.raw')]);
+    assert.equal(raw.stdout.length, 1024 * 1024);
+    assert.equal(readFileSync(freezerFile, 'utf8'), 'FROZEN', 'the runtime is frozen once the first block is read');
+    writeFileSync(join(rx, 'head.tar.part'), head);
+    execFileSync('mv', [join(rx, 'head.tar.part'), join(rx, 'head.tar')]);
+    const [sent, received] = await Promise.all([src.done, dst.done, exporting]);
+    const want = createHash('sha256').update(exported).digest('hex');
+    assert.deepEqual(parseSentReport(sent.stderr), { bytes: exported.length, sha256: want });
+    assert.equal(sent.stdout, '', 'no byte of the archive passed through this process');
+    assert.equal(parseReceiveOutput(received.stdout).sha256, want);
+    assert.equal(readFileSync(join(rx, 'unpacked', 'config.1'), 'utf8'), '{"rewritten":true}', 'the definition came from the rewritten head');
+    assert.equal(readFileSync(join(rx, 'unpacked', 'pages.img')).length, 3_000_000);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
