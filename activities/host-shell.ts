@@ -330,9 +330,14 @@ function pipedSpawn(opts: PipedRunOptions, onStdout: (stdout: Readable) => void)
   return { stdinFrom: opts.stdinFrom, ...(opts.stdout === 'capture' ? {} : { onStdout }) };
 }
 
-/** A stdout for a piped command that never started: it fails as the command did. */
+/**
+ * The stdout of a piped command whose own pipe is not handed over (captured, or the command never
+ * started): it ends, or fails as the command did. Its failure is reported through `done`; the stream's
+ * own error needs no listener of its caller's.
+ */
 function failedPipe(done: Promise<RunResult>): Readable {
   const stdout = new PassThrough();
+  stdout.on('error', () => undefined);
   done.then(
     () => stdout.end(),
     (err: Error) => stdout.destroy(err),

@@ -88,3 +88,20 @@ test('a target that writes something else fails the transfer and keeps no file',
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('piped commands: the producer\'s stdout is the consumer\'s stdin, unread here; a failing consumer rejects its done and nothing else', async () => {
+  const shell = new LocalShell('base', { commandTimeoutMs: 10_000 });
+  const producer = shell.startPiped(['sh', '-c', 'head -c 300000 /dev/zero; echo done >&2'], {});
+  const consumer = shell.startPiped(['sh', '-c', 'wc -c'], { stdinFrom: producer.stdout, stdout: 'capture' });
+  const [p, c] = await Promise.all([producer.done, consumer.done]);
+  assert.equal(p.stdout, '');
+  assert.equal(p.stderr, 'done\n');
+  assert.equal(c.stdout.trim(), '300000');
+  const failing = shell.startPiped(['sh', '-c', 'cat >/dev/null; echo refused >&2; exit 3'], { stdinFrom: shell.startPiped(['printf', 'abc'], {}).stdout, stdout: 'capture' });
+  await assert.rejects(failing.done, (err: HostCommandError) => err.exitCode === 3 && /refused/.test(err.stderr));
+  // A producer whose stdout was already read cannot feed a consumer any more.
+  const read = shell.startPiped(['printf', 'abc'], {});
+  read.stdout.resume();
+  await read.done;
+  assert.throws(() => shell.startPiped(['cat'], { stdinFrom: read.stdout }), /same turn/);
+});
