@@ -240,7 +240,7 @@ export class LocalShell implements HostShell {
     assertUnread(opts.stdinFrom);
     let stdout: Readable | undefined;
     const { done } = this.start(argv, opts, opts.stdout === 'capture', undefined, pipedSpawn(opts, (s) => (stdout = s)));
-    return { stdout: stdout ?? failedPipe(done), done };
+    return { stdout: stdout ?? standInStdout(done), done };
   }
 
   async close(): Promise<void> {}
@@ -335,7 +335,7 @@ function pipedSpawn(opts: PipedRunOptions, onStdout: (stdout: Readable) => void)
  * started): it ends, or fails as the command did. Its failure is reported through `done`; the stream's
  * own error needs no listener of its caller's.
  */
-function failedPipe(done: Promise<RunResult>): Readable {
+function standInStdout(done: Promise<RunResult>): Readable {
   const stdout = new PassThrough();
   stdout.on('error', () => undefined);
   done.then(
@@ -479,7 +479,7 @@ export class SshShell implements HostShell {
     assertUnread(opts.stdinFrom);
     let stdout: Readable | undefined;
     const { done } = this.execOpenSsh(openssh, argv, opts, opts.stdout === 'capture', undefined, pipedSpawn(opts, (s) => (stdout = s)));
-    return { stdout: stdout ?? failedPipe(done), done };
+    return { stdout: stdout ?? standInStdout(done), done };
   }
 
   async close(): Promise<void> {
