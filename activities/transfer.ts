@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { HostShell } from './host-shell.js';
 
 export interface TransferProgress {
@@ -62,29 +62,53 @@ export async function streamFileBetweenHosts(opts: {
   /** Rewrites the bytes on the way (before hashing, so both ends agree on what the target got). */
   transform?: Transform;
 }): Promise<TransferResult> {
-  for (const p of [opts.fromPath, opts.toPath]) {
-    if (!p.startsWith('/') || p.includes('\0')) throw new Error(`transfer paths must be absolute: ${JSON.stringify(p)}`);
-  }
+  assertTransferPath(opts.fromPath);
+  const common = { signal: opts.signal, timeoutMs: opts.timeoutMs };
+  const reader = await opts.from.openReader(['cat', '--', opts.fromPath], common);
+  opts.transform?.on('error', () => undefined);
+  const source = opts.transform ? reader.stdout.pipe(opts.transform) : reader.stdout;
+  reader.stdout.on('error', (err) => opts.transform?.destroy(err));
+  return writeStreamToHost({ ...opts, source, sourceDone: reader.done });
+}
+
+function assertTransferPath(p: string): void {
+  if (!p.startsWith('/') || p.includes('\0')) throw new Error(`transfer paths must be absolute: ${JSON.stringify(p)}`);
+}
+
+/**
+ * Writes a stream into a file on a host, hashing it here on the way while the host hashes what it wrote;
+ * only a file whose two hashes agree (and equal `expectedSha256`, when the stream's origin gave one) is
+ * renamed into place, and a failed or mismatched write leaves nothing behind.
+ */
+export async function writeStreamToHost(opts: {
+  source: Readable;
+  /** Settles when whatever produces `source` is done (a reader command); its failure fails the write. */
+  sourceDone?: Promise<unknown>;
+  to: HostShell;
+  toPath: string;
+  expectedSha256?: string;
+  onProgress?: (p: TransferProgress) => void;
+  progressEveryMs?: number;
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}): Promise<TransferResult> {
+  assertTransferPath(opts.toPath);
   const started = Date.now();
   const partial = `${opts.toPath}.partial`;
   const meter = new ByteMeter(opts.onProgress, opts.progressEveryMs ?? 1000);
   // A broken source destroys the meter with its error; the read side's promise reports it, so this
   // listener only keeps an unhandled 'error' from taking the whole worker down.
   meter.on('error', () => undefined);
-  opts.transform?.on('error', () => undefined);
+  opts.source.on('error', (err: Error) => meter.destroy(err));
   const common = { signal: opts.signal, timeoutMs: opts.timeoutMs };
-  const reader = await opts.from.openReader(['cat', '--', opts.fromPath], common);
-  reader.stdout.on('error', (err) => meter.destroy(err));
-  const source = opts.transform ? reader.stdout.pipe(opts.transform) : reader.stdout;
-  opts.transform?.on('error', (err) => meter.destroy(err));
   const writing = opts.to.run(
     // openssl hashes a GiB in about 1.2 s against coreutils' 7 s on our hosts; sha256sum where openssl is missing.
     ['sh', '-c', 'umask 077 && mkdir -p -- "$(dirname -- "$1")" && cat > "$1" && { openssl dgst -sha256 -r "$1" 2>/dev/null || sha256sum -- "$1"; }', 'markco-receive', partial],
-    { ...common, stdin: source.pipe(meter) },
+    { ...common, stdin: opts.source.pipe(meter) },
   );
   let written: string;
   try {
-    const [readResult, writeResult] = await Promise.allSettled([reader.done, writing]);
+    const [readResult, writeResult] = await Promise.allSettled([opts.sourceDone ?? Promise.resolve(), writing]);
     if (readResult.status === 'rejected') throw readResult.reason;
     if (writeResult.status === 'rejected') throw writeResult.reason;
     written = writeResult.value.stdout.trim().split(/\s+/)[0] ?? '';
@@ -93,9 +117,10 @@ export async function streamFileBetweenHosts(opts: {
     throw err;
   }
   const sent = meter.hash.digest('hex');
-  if (written !== sent) {
+  const expected = opts.expectedSha256 ?? sent;
+  if (written !== sent || sent !== expected) {
     await opts.to.run(['rm', '-f', '--', partial]).catch(() => undefined);
-    throw new ChecksumMismatchError(sent, written, opts.to.hostId);
+    throw new ChecksumMismatchError(expected, written !== sent ? written : sent, opts.to.hostId);
   }
   await opts.to.run(['mv', '-f', '--', partial, opts.toPath]);
   return { bytes: meter.bytes, sha256: sent, durationMs: Date.now() - started };

@@ -94,6 +94,9 @@ const ConfigSchema = z.object({
   AWS_REGION: z.string().trim().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'expected an AWS region such as ca-central-1').default('ca-central-1'),
   AWS_ENDPOINT_URL: optionalString,
   MARKCO_S3_BUCKET: z.string().trim().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'expected an S3 bucket name').default('markco-snapshots'),
+  MARKCO_S3_SSE: z.enum(['none', 'AES256', 'aws:kms']).default('AES256'),
+  MARKCO_S3_KMS_KEY_ID: optionalString,
+  MARKCO_S3_PART_MIB: z.coerce.number().int().min(5).max(5120).default(64),
 
   MARKCO_DEV_LOGIN: bool(false),
 
@@ -154,7 +157,13 @@ export interface Config {
     sshConnectTimeoutMs: number;
     sshCommandTimeoutMs: number;
   };
-  aws: { region: string; endpoint: string | undefined; snapshotBucket: string };
+  aws: {
+    region: string;
+    endpoint: string | undefined;
+    snapshotBucket: string;
+    /** How checkpoint archives are stored in the bucket (activities/archive-store.ts). */
+    archives?: { encryption: { kind: 'none' } | { kind: 'AES256' } | { kind: 'aws:kms'; keyId?: string }; partBytes: number };
+  };
   environment: {
     baseHostId: string;
     /** Absolute: every host keeps user `<id>`'s home at `<usersDir>/<id>`. */
@@ -260,6 +269,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     if (missing.length > 0) problems.push({ variable: 'MARKCO_EC2_AMI_IDS', message: `required when MARKCO_CLOUD=aws; no AMI for the tier ladder's famil${missing.length === 1 ? 'y' : 'ies'} ${missing.join(', ')}` });
     if (problems.length > 0) throw new ConfigError(problems);
   }
+  if (c.MARKCO_S3_KMS_KEY_ID && c.MARKCO_S3_SSE !== 'aws:kms') {
+    throw new ConfigError([{ variable: 'MARKCO_S3_KMS_KEY_ID', message: `only used with MARKCO_S3_SSE=aws:kms (it is ${c.MARKCO_S3_SSE})` }]);
+  }
   const sshKeyPath = c.MARKCO_SSH_KEY_PATH ?? join(c.MARKCO_DATA_DIR, 'ssh', 'id_ed25519');
   return {
     tiers,
@@ -304,7 +316,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sshConnectTimeoutMs: c.MARKCO_SSH_CONNECT_TIMEOUT_MS,
       sshCommandTimeoutMs: c.MARKCO_SSH_COMMAND_TIMEOUT_MS,
     },
-    aws: { region: c.AWS_REGION, endpoint: c.AWS_ENDPOINT_URL, snapshotBucket: c.MARKCO_S3_BUCKET },
+    aws: {
+      region: c.AWS_REGION,
+      endpoint: c.AWS_ENDPOINT_URL,
+      snapshotBucket: c.MARKCO_S3_BUCKET,
+      archives: {
+        encryption: c.MARKCO_S3_SSE === 'aws:kms' ? { kind: 'aws:kms', ...(c.MARKCO_S3_KMS_KEY_ID ? { keyId: c.MARKCO_S3_KMS_KEY_ID } : {}) } : { kind: c.MARKCO_S3_SSE },
+        partBytes: c.MARKCO_S3_PART_MIB * 1024 * 1024,
+      },
+    },
     environment: {
       baseHostId: c.MARKCO_BASE_HOST_ID,
       usersDir: resolve(c.MARKCO_USERS_DIR ?? join(c.MARKCO_DATA_DIR, 'users')),
