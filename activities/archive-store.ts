@@ -68,12 +68,13 @@ export async function uploadArchiveFromHost(
   const partBytes = store.partBytes ?? defaultPartBytes;
   if (!(Number.isInteger(partBytes) && partBytes >= minPartBytes)) throw new Error(`partBytes must be a whole number of at least ${minPartBytes} (S3's minimum part size)`);
   const started = Date.now();
+  const sendOpts = args.signal ? { abortSignal: args.signal } : {};
   const reader = await args.from.openReader(['cat', '--', args.path], { ...(args.signal ? { signal: args.signal } : {}), timeoutMs: args.timeoutMs ?? 60 * 60_000 });
   // A read that fails while the upload is being created reports through the loop below and `done`.
   reader.stdout.on('error', () => undefined);
   const created = await s3.send(
     new CreateMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, ChecksumAlgorithm: 'SHA256', ContentType: 'application/x-tar', ...encryptionParams(store.encryption) }),
-    { ...(args.signal ? { abortSignal: args.signal } : {}) },
+    sendOpts,
   );
   const uploadId = created.UploadId!;
   const whole = createHash('sha256');
@@ -86,7 +87,7 @@ export async function uploadArchiveFromHost(
     const checksum = createHash('sha256').update(body).digest('base64');
     const out = await s3.send(
       new UploadPartCommand({ Bucket: store.bucket, Key: args.key, UploadId: uploadId, PartNumber: partNumber, Body: body, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: checksum }),
-      { ...(args.signal ? { abortSignal: args.signal } : {}) },
+      sendOpts,
     );
     parts.push({ PartNumber: partNumber, ETag: out.ETag!, ChecksumSHA256: out.ChecksumSHA256 ?? checksum });
     bytes += body.length;
@@ -112,7 +113,7 @@ export async function uploadArchiveFromHost(
     if (pendingBytes > 0 || parts.length === 0) await sendPart(pending);
     await s3.send(
       new CompleteMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, UploadId: uploadId, MultipartUpload: { Parts: parts } }),
-      { ...(args.signal ? { abortSignal: args.signal } : {}) },
+      sendOpts,
     );
   } catch (err) {
     reader.stdout.destroy();
@@ -133,7 +134,7 @@ export async function downloadArchiveToHost(
   args: { key: string; sha256: string; to: HostShell; path: string; signal?: AbortSignal; timeoutMs?: number; onProgress?: (p: TransferProgress) => void },
 ): Promise<TransferResult> {
   if (!/^[0-9a-f]{64}$/.test(args.sha256)) throw new Error(`sha256 must be 64 hex digits, got ${JSON.stringify(args.sha256)}`);
-  const got = await s3.send(new GetObjectCommand({ Bucket: store.bucket, Key: args.key, ChecksumMode: 'ENABLED' }), { ...(args.signal ? { abortSignal: args.signal } : {}) });
+  const got = await s3.send(new GetObjectCommand({ Bucket: store.bucket, Key: args.key, ChecksumMode: 'ENABLED' }), args.signal ? { abortSignal: args.signal } : {});
   if (!got.Body) throw new Error(`s3://${store.bucket}/${args.key} has no body`);
   return writeStreamToHost({
     source: got.Body as Readable,
