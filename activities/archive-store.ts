@@ -1,9 +1,11 @@
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
+  CreateBucketCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   UploadPartCommand,
   type CompletedPart,
   type S3Client,
@@ -150,4 +152,13 @@ export async function downloadArchiveToHost(
 /** Deletes an archive; deleting one that is already gone is not an error. */
 export async function deleteArchive(s3: S3Client, store: Pick<ArchiveStoreOptions, 'bucket'>, key: string): Promise<void> {
   await s3.send(new DeleteObjectCommand({ Bucket: store.bucket, Key: key }));
+}
+
+/** Makes the bucket unless it exists (the simulated cloud's emulator; a real deployment's bucket is made by its operator). */
+export async function ensureBucket(s3: S3Client, bucket: string, region: string): Promise<void> {
+  try {
+    await s3.send(new HeadBucketCommand({ Bucket: bucket }));
+  } catch {
+    await s3.send(new CreateBucketCommand({ Bucket: bucket, ...(region === 'us-east-1' ? {} : { CreateBucketConfiguration: { LocationConstraint: region as never } }) }));
+  }
 }

@@ -8,6 +8,7 @@ import { typedFailures } from './failures.js';
 import type { HostShells } from './host-shell.js';
 import { createHostActivities } from './hosts.js';
 import { createMigrationActivities } from './migration.js';
+import { createSnapshotActivities, type ArchiveBucket } from './snapshots.js';
 import { createUserEnvironmentActivities, type UserEnvironmentConfig } from './user-environment.js';
 
 export interface ActivityDeps {
@@ -19,6 +20,8 @@ export interface ActivityDeps {
   tiers?: Record<Plan, Tier[]>;
   /** EC2 hosts (MARKCO_CLOUD and the MARKCO_EC2_* variables); none are launched when absent. */
   cloud?: CloudConfig;
+  /** The S3 bucket checkpoint archives are copied to (MARKCO_S3_*); they stay on the base server only when absent. */
+  archives?: ArchiveBucket;
 }
 
 function withTypedFailures<T extends Record<string, (...args: never[]) => Promise<unknown>>>(group: T): T {
@@ -32,6 +35,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createEc2Activities(deps),
     ...createUserEnvironmentActivities(deps),
     ...createMigrationActivities(deps),
+    ...createSnapshotActivities(deps),
   });
 }
 

@@ -117,16 +117,17 @@ async function killStaleReceive(shell: HostShell, targetDir: string): Promise<vo
 
 const connectedTcp = /Connected TCP socket|consider using --tcp-established/;
 
+/** The target's receive-and-restore command failed in podman itself, not in receiving (exit 70, 71). */
+export function restoreFailed(err: unknown): boolean {
+  return err instanceof HostCommandError && err.exitCode !== null && err.exitCode !== 70 && err.exitCode !== 71;
+}
+
 /**
  * podman only says "criu failed" and names CRIU's log; the reason (for example an established TCP
  * connection, which makes the runtime busy rather than broken) is in that log's tail.
  */
-/** The target's receive-and-restore command failed in podman itself, not in receiving (exit 70, 71). */
-function restoreFailed(err: unknown): boolean {
-  return err instanceof HostCommandError && err.exitCode !== null && err.exitCode !== 70 && err.exitCode !== 71;
-}
 
-async function checkpointFailure(shell: HostShell, err: unknown): Promise<never> {
+export async function checkpointFailure(shell: HostShell, err: unknown): Promise<never> {
   if (err instanceof HostCommandError) {
     const log = /log file: (\/\S+\.log)/.exec(err.stderr)?.[1];
     const tail = log ? (await shell.run(['tail', '-n', '30', log], { okExitCodes: [0, 1] }).catch(() => undefined))?.stdout ?? '' : '';
@@ -142,7 +143,7 @@ async function checkpointFailure(shell: HostShell, err: unknown): Promise<never>
 }
 
 /** How many of the archive's first bytes a piped transfer keeps for its head (config.dump and spec.dump sit in the first 64 KiB). */
-const headWindowBytes = 1024 * 1024;
+export const headWindowBytes = 1024 * 1024;
 
 /** One way the archive moves from the source's export to the target's restore. */
 interface ArchiveTransfer {
@@ -187,10 +188,7 @@ function pipeArchive(o: TransferSpec): ArchiveTransfer {
   const head = (async () => {
     const raw = await readFileOnceWritten(o.source, posix.join(o.scratch.sourceDir, 'head.raw'), o.bulk);
     o.onHead();
-    o.relocate.resume();
-    o.relocate.end(raw);
-    const rewritten = await o.relocate.head;
-    await o.target.run(['sh', '-c', 'cat > "$1.part" && mv -f "$1.part" "$1"', 'markco-head', posix.join(o.scratch.targetDir, 'head.tar')], { stdin: rewritten, signal: o.bulk.signal, timeoutMs: 60_000 });
+    await sendRewrittenHead(o.target, o.scratch.targetDir, o.relocate, raw, o.bulk.signal);
   })();
   return { sent, head, received: dst.done };
 }
@@ -233,6 +231,34 @@ function relayArchive(o: TransferSpec & { importMode: ImportMode; onBytes(bytes:
     return o.target.run(receiveAndRestoreArgs({ dir: o.scratch.targetDir, mode: o.importMode, headBytes: head?.length ?? 0, restore: o.restore }), { ...o.bulk, stdin });
   })();
   return { sent, head: Promise.resolve(), received };
+}
+
+/**
+ * Rewrites config.dump and spec.dump in the archive's first bytes and writes that head to the receiver's
+ * directory as `head.tar` (renamed into place: the receiver waits for the file).
+ */
+export async function sendRewrittenHead(target: HostShell, targetDir: string, relocate: TarMemberRewriter, raw: Buffer, signal?: AbortSignal): Promise<void> {
+  relocate.resume();
+  relocate.end(raw);
+  const rewritten = await relocate.head;
+  await target.run(['sh', '-c', 'cat > "$1.part" && mv -f "$1.part" "$1"', 'markco-head', posix.join(targetDir, 'head.tar')], { stdin: rewritten, timeoutMs: 60_000, ...(signal ? { signal } : {}) });
+}
+
+/** The first `max` bytes of a file on a host, as bytes. */
+export async function readFileHead(shell: HostShell, path: string, max: number, opts: { timeoutMs: number; signal?: AbortSignal }): Promise<Buffer> {
+  const reader = await shell.openReader(['head', '-c', String(max), '--', path], opts);
+  const chunks: Buffer[] = [];
+  reader.stdout.on('data', (c: Buffer) => chunks.push(c));
+  await reader.done;
+  return Buffer.concat(chunks);
+}
+
+/** Sets the tier's limits on a restored runtime and checks them in its cgroup; answers the limit in force. */
+export async function applyTierLimits(shell: HostShell, container: string, memoryBytes: number, cpus: number): Promise<number> {
+  await shell.run(updateMemoryArgs(container, memoryBytes, cpus), { timeoutMs: 30_000 });
+  const limit = parseCgroupMemoryLimit((await shell.run(cgroupMemoryLimitArgs(container), { timeoutMs: 30_000 })).stdout);
+  if (limit !== memoryBytes) throw new Error(`the restored runtime ${container} on ${shell.hostId} has a memory limit of ${limit ?? 'none'} bytes, not the tier's ${memoryBytes}`);
+  return limit;
 }
 
 /** A file's bytes once it exists (written elsewhere and renamed into place), waiting for it. */
@@ -578,11 +604,7 @@ export function createMigrationActivities(deps: ActivityDeps) {
           throw ApplicationFailure.create({ type: ErrorType.ChecksumMismatch, message: String(new ChecksumMismatchError(sentSha, written, input.targetHostId).message) });
         }
         phase = 'limits';
-        await target.shell.run(updateMemoryArgs(input.containerName, input.memoryBytes, input.cpus), { timeoutMs: 30_000 });
-        const limit = parseCgroupMemoryLimit((await target.shell.run(cgroupMemoryLimitArgs(input.containerName), { timeoutMs: 30_000 })).stdout);
-        if (limit !== input.memoryBytes) {
-          throw new Error(`the restored runtime on ${input.targetHostId} has a memory limit of ${limit ?? 'none'} bytes, not the tier's ${input.memoryBytes}`);
-        }
+        const limit = await applyTierLimits(target.shell, input.containerName, input.memoryBytes, input.cpus);
         const stats = (() => {
           try {
             return parseCheckpointStats(dumped.value.stdout);

@@ -186,16 +186,17 @@ export const receivedHashMarker = 'markco-received-sha256';
  * sha256sum) and prints `markco-received-sha256 <hex>` before podman's own output; podman's errors go
  * to stderr. A restore that fails stops the feeding at once.
  */
-export function receiveAndRestoreArgs(spec: { dir: string; mode: ImportMode; headBytes: number; restore: RestoreSpec }): string[] {
+export function receiveAndRestoreArgs(spec: { dir: string; mode: ImportMode; headBytes: number; restore: RestoreSpec; /** Read the archive from this file on the host instead of stdin (a stored snapshot). */ fromFile?: string }): string[] {
+  if (spec.fromFile !== undefined && !spec.fromFile.startsWith('/')) throw new Error('the archive file must be an absolute path');
   if (!spec.dir.startsWith('/')) throw new Error('receive directory must be absolute');
   if (spec.restore.importPath !== `${spec.dir}/in.tar`) throw new Error('the restore must import <dir>/in.tar');
   if (spec.mode === 'stream' && !(Number.isInteger(spec.headBytes) && spec.headBytes >= 0)) throw new Error('a streamed import needs the head\'s size, or 0 for a head written to <dir>/head.tar');
   const script = `set -u
-dir=$1; mode=$2; headBytes=$3; shift 3
+dir=$1; mode=$2; headBytes=$3; from=$4; shift 4
 in=$dir/in.tar; hashpipe=$dir/hash.fifo
 umask 077
 mkdir -p "$dir" && rm -f "$in" "$in.next" "$hashpipe" "$dir/hash" && mkfifo "$hashpipe" || exit 70
-exec 3<&0
+if [ "$from" = - ]; then exec 3<&0; else exec 3<"$from" || exit 71; fi
 { openssl dgst -sha256 -r 2>/dev/null || sha256sum; } < "$hashpipe" > "$dir/hash" &
 hasher=$!
 feeder=
@@ -230,7 +231,7 @@ fi
 printf '${receivedHashMarker} %s\n' "$(cut -d' ' -f1 "$dir/hash" 2>/dev/null)"
 cat "$dir/restore.out"; cat "$dir/restore.err" >&2
 exit $rc`;
-  return ['sh', '-c', script, 'markco-receive-restore', spec.dir, spec.mode, String(spec.mode === 'stream' ? spec.headBytes : 0), ...restoreArgs(spec.restore)];
+  return ['sh', '-c', script, 'markco-receive-restore', spec.dir, spec.mode, String(spec.mode === 'stream' ? spec.headBytes : 0), spec.fromFile ?? '-', ...restoreArgs(spec.restore)];
 }
 
 export const sentMarker = 'markco-sent';

@@ -61,6 +61,8 @@ export async function streamFileBetweenHosts(opts: {
   timeoutMs?: number;
   /** Rewrites the bytes on the way (before hashing, so both ends agree on what the target got). */
   transform?: Transform;
+  /** The file is kept only if the target's hash is this one. */
+  expectedSha256?: string;
 }): Promise<TransferResult> {
   assertTransferPath(opts.fromPath);
   const common = { signal: opts.signal, timeoutMs: opts.timeoutMs };

@@ -55,6 +55,10 @@ export interface UserEnvironmentConfig {
   scratchDir?: string;
   /** The entity's scale-down delay (MARKCO_SCALE_DOWN_AFTER_S); 30 min when absent. */
   scaleDownAfterMs?: number;
+  /** Directory on the base server where checkpoint archives (idle, named snapshots) are kept; next to usersDir by default. */
+  archivesDir?: string;
+  /** An idle checkpoint also removes the editor container (MARKCO_IDLE_STOP_EDITOR); the next visit makes it again. */
+  idleStopsEditor?: boolean;
 }
 
 function fail(type: ErrorType, message: string): never {

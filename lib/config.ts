@@ -102,6 +102,8 @@ const ConfigSchema = z.object({
 
   // Users' containers.
   MARKCO_USERS_DIR: optionalString,
+  MARKCO_ARCHIVES_DIR: optionalString,
+  MARKCO_IDLE_STOP_EDITOR: bool(false),
   MARKCO_RUNTIME_IMAGE: z.string().trim().min(1).default('localhost/markco-runtime:0.4.2'),
   MARKCO_EDITOR_IMAGE: z.string().trim().min(1).default('localhost/markco-editor-lite:0.1'),
   MARKCO_IMPORT_ALLOW_PRIVATE: bool(false),
@@ -173,6 +175,10 @@ export interface Config {
     allowPrivateImports: boolean;
     /** How long memory must stay low on an EC2 tier before the runtime is scaled down. */
     scaleDownAfterMs: number;
+    /** Absolute: where the base server keeps checkpoint archives (`<dir>/<userId>/<snapshotId>.tar`). */
+    archivesDir: string;
+    /** An idle checkpoint also removes the editor; the next visit makes it again. */
+    idleStopsEditor: boolean;
   };
   tiers: Record<Plan, Tier[]>;
   cloud: CloudConfig;
@@ -332,6 +338,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       editorImage: c.MARKCO_EDITOR_IMAGE,
       allowPrivateImports: c.MARKCO_IMPORT_ALLOW_PRIVATE,
       scaleDownAfterMs: c.MARKCO_SCALE_DOWN_AFTER_S * 1000,
+      archivesDir: resolve(c.MARKCO_ARCHIVES_DIR ?? join(c.MARKCO_DATA_DIR, 'archives')),
+      idleStopsEditor: c.MARKCO_IDLE_STOP_EDITOR,
     },
   };
 }

@@ -35,6 +35,13 @@ export interface PortLeaseStore {
    * URLs keep working.
    */
   lease(input: { hostId: string; userId: string; purpose: Exclude<PortPurpose, 'sandbox'>; avoid?: number[]; prefer?: number }): Promise<number>;
+  /**
+   * A lease that belongs to one operation or container (`holder`: a sandbox id, a restore's id), made
+   * if it has none: a retried step gets the same port back.
+   */
+  leaseHeld(input: { hostId: string; userId: string; purpose: PortPurpose; holder: string }): Promise<number>;
+  /** The held lease becomes the user's own for its purpose (a restored runtime replacing the previous one). */
+  promote(input: { hostId: string; port: number }): Promise<void>;
   /** Gives a port back, for example when the host answered that it is in use by something else. */
   release(input: { hostId: string; port: number }): Promise<void>;
   listForUser(userId: string): Promise<{ hostId: string; port: number; purpose: PortPurpose }[]>;
@@ -65,6 +72,24 @@ export function createPortLeaseStore(pool: pg.Pool): PortLeaseStore {
         if (inserted.rows[0]) return inserted.rows[0].port;
       }
       throw new PortsExhaustedError(hostId, purpose);
+    },
+
+    async leaseHeld({ hostId, userId, purpose, holder }) {
+      const range = portRanges[purpose];
+      for (let i = 0; i < attempts; i++) {
+        const existing = await pool.query<{ port: number }>('SELECT port FROM port_leases WHERE host_id = $1 AND holder = $2', [hostId, holder]);
+        if (existing.rows[0]) return existing.rows[0].port;
+        const inserted = await pool.query<{ port: number }>(
+          'INSERT INTO port_leases (host_id, port, user_id, purpose, holder) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING port',
+          [hostId, randomInt(range.first, range.last + 1), userId, purpose, holder],
+        );
+        if (inserted.rows[0]) return inserted.rows[0].port;
+      }
+      throw new PortsExhaustedError(hostId, purpose);
+    },
+
+    async promote({ hostId, port }) {
+      await pool.query('UPDATE port_leases SET holder = NULL WHERE host_id = $1 AND port = $2', [hostId, port]);
     },
 
     async release({ hostId, port }) {

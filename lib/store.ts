@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { createAccounts } from './accounts.js';
 import { createPortLeaseStore } from './port-leases.js';
 import { createRuntimeStore } from './runtime-store.js';
+import { createSnapshotStore } from './snapshot-store.js';
 import type { HostConnection, HostFacts, HostKind, HostState } from '../workflows/contracts/hosts.js';
 
 /**
@@ -207,6 +208,7 @@ export function createStore(pool: pg.Pool) {
     pool,
     ...createAccounts(pool),
     ...createRuntimeStore(pool),
+    ...createSnapshotStore(pool),
     ports: createPortLeaseStore(pool),
     hosts: {
       async get(id: string): Promise<HostRecord | undefined> {

@@ -2,9 +2,10 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type LogLevel } from '@temporalio/worker';
 import type { EC2Client } from '@aws-sdk/client-ec2';
+import { ensureBucket } from '../activities/archive-store.js';
 import { createActivities, type ActivityDeps } from '../activities/index.js';
 import { HostShells } from '../activities/host-shell.js';
-import { createEc2Client } from '../lib/aws.js';
+import { createEc2Client, createS3Client } from '../lib/aws.js';
 import { loadConfig, type Config } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { createLogger, type Logger } from '../lib/logger.js';
@@ -63,6 +64,10 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
     commandTimeoutMs: config.hosts.sshCommandTimeoutMs,
   });
   const ec2 = createEc2Client(config.aws);
+  // Archives go to S3 wherever there is a cloud (the emulator's S3 in simulated mode); the embedded stack keeps them on the base server.
+  const s3 = config.cloud.provider !== 'none' ? createS3Client(config.aws) : undefined;
+  if (s3 && config.cloud.provider === 'simulated') await ensureBucket(s3, config.aws.snapshotBucket, config.aws.region);
+  const archives = s3 ? { s3, bucket: config.aws.snapshotBucket, ...(config.aws.archives ?? { encryption: { kind: 'AES256' as const }, partBytes: 64 * 1024 * 1024 }) } : undefined;
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   try {
     await ensureSearchAttributes(connection, config.temporal.namespace);
@@ -72,7 +77,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
       connection,
       namespace: config.temporal.namespace,
       taskQueue: config.temporal.taskQueue,
-      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers, cloud: config.cloud },
+      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers, cloud: config.cloud, ...(archives ? { archives } : {}) },
       workflowBundlePath: bundle,
     });
     log.info({ taskQueue: config.temporal.taskQueue, namespace: config.temporal.namespace }, 'worker polling');
@@ -82,6 +87,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
   } finally {
     await shells.closeAll();
     ec2.destroy();
+    s3?.destroy();
     await pool.end();
     await connection.close();
   }
