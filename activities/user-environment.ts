@@ -243,15 +243,18 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
       if (input.plan && input.plan !== user.plan) await store.users.setPlan(user.id, input.plan);
       const plan = input.plan ?? user.plan;
       const runtime = await store.runtimes.live(user.id);
-      if (runtime && !['starting', 'running'].includes(runtime.state)) {
+      // Checkpointed (idle), or a return that stopped half-way: the login brings it back first.
+      const checkpointed = runtime?.state === 'checkpointed' || runtime?.state === 'restoring';
+      if (runtime && !checkpointed && !['starting', 'running'].includes(runtime.state)) {
         fail(ErrorType.Conflict, `the runtime of user ${user.id} is ${runtime.state}; another operation owns it`);
       }
-      const runtimeHostId = runtime?.hostId ?? env.baseHostId;
+      const runtimeHostId = (!checkpointed && runtime?.hostId) || env.baseHostId;
       const editorHost = await store.hosts.get(env.baseHostId);
       if (!editorHost) fail(ErrorType.NotFound, `the base host ${env.baseHostId} is not registered (run the registerHost workflow for it)`);
       return {
         user: { id: user.id, name: user.name, email: user.email, plan },
         runtimeHostId,
+        checkpointed,
         editorHostId: env.baseHostId,
         containerUser: containerUserFor(editorHost.facts),
       };

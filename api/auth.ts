@@ -133,3 +133,17 @@ export function requireOperator(auth: Auth, configured: boolean) {
     return reply.code(403).send({ error: 'forbidden', message: 'the bearer token is not the operators\' token' });
   };
 }
+
+/**
+ * preHandler for a user's own resources under `/api/runtimes/:userId/...`: the operators' token, or the
+ * signed-in user named in the path (another user gets 403, nobody 401).
+ */
+export function requireOperatorOrOwner(auth: Auth) {
+  return async (req: FastifyRequest, reply: FastifyReply) => {
+    if (auth.isOperator(req.headers)) return;
+    const user = await auth.userOf(req.headers);
+    if (!user) return reply.code(401).send({ error: 'unauthenticated', message: 'sign in, or send Authorization: Bearer <MARKCO_ADMIN_TOKEN>' });
+    if ((req.params as { userId?: string }).userId !== user.id) return reply.code(403).send({ error: 'forbidden', message: 'this runtime belongs to another user' });
+    req.user = user;
+  };
+}

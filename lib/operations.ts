@@ -4,7 +4,20 @@ import { ApplicationFailure, TemporalFailure } from '@temporalio/common';
 import type { ImportProjectInput, ImportProjectResult, LoginInput, LoginResult, RuntimeStats, StopRuntimeInput, StopRuntimeResult } from '../workflows/contracts/user-environment.js';
 import type { MigrateRuntimeResult } from '../workflows/contracts/elastic.js';
 import { workflowIds } from '../workflows/contracts/operations.js';
-import { loginUpdate, migrateUpdate, pressureSignal, stopRuntimeUpdate, type MigrateRequest, type OperationRef, type PressureSignal } from '../workflows/contracts/runtime-entity.js';
+import {
+  idleUpdate,
+  loginUpdate,
+  migrateUpdate,
+  pressureSignal,
+  restoreSnapshotUpdate,
+  sandboxUpdate,
+  snapshotUpdate,
+  stopRuntimeUpdate,
+  type MigrateRequest,
+  type OperationRef,
+  type PressureSignal,
+} from '../workflows/contracts/runtime-entity.js';
+import type { ForkSandboxInput, IdleCheckpointInput, RestoreSnapshotInput, SnapshotRuntimeInput } from '../workflows/contracts/snapshots.js';
 import { stepQuery } from '../workflows/contracts/messages.js';
 
 /**
@@ -62,7 +75,8 @@ export function createOperations(client: Client, taskQueue: string) {
    * Login, stop and migrate go through the user's entity `runtime/<userId>` (started on first use): it
    * runs them one at a time and answers with the child run doing the work, which is the operation.
    */
-  const throughEntity = async <R>(userId: string, update: typeof loginUpdate | typeof stopRuntimeUpdate | typeof migrateUpdate, input: unknown) => {
+  type EntityUpdate = typeof loginUpdate | typeof stopRuntimeUpdate | typeof migrateUpdate | typeof idleUpdate | typeof snapshotUpdate | typeof restoreSnapshotUpdate | typeof sandboxUpdate;
+  const throughEntity = async <R>(userId: string, update: EntityUpdate, input: unknown) => {
     let ref: OperationRef;
     try {
       ref = await client.workflow.executeUpdateWithStart(update as typeof migrateUpdate, {
@@ -87,6 +101,13 @@ export function createOperations(client: Client, taskQueue: string) {
     startLogin: (input: LoginInput) => throughEntity<LoginResult>(input.userId, loginUpdate, input),
     startStopRuntime: (input: StopRuntimeInput) => throughEntity<StopRuntimeResult>(input.userId, stopRuntimeUpdate, input),
     startMigration: (userId: string, request: MigrateRequest) => throughEntity<MigrateRuntimeResult>(userId, migrateUpdate, request),
+    startIdleCheckpoint: (input: IdleCheckpointInput) => throughEntity(input.userId, idleUpdate, input),
+    startSnapshot: (input: SnapshotRuntimeInput) => throughEntity(input.userId, snapshotUpdate, input),
+    startRestoreSnapshot: (input: RestoreSnapshotInput) => throughEntity(input.userId, restoreSnapshotUpdate, input),
+    startSandbox: (input: ForkSandboxInput) => throughEntity(input.userId, sandboxUpdate, input),
+    /** Not through the entity: safe to repeat, and a second request joins the first (same workflow id). */
+    startDeleteSnapshot: (userId: string, snapshotId: string) => start('deleteSnapshot', workflowIds.deleteSnapshot(userId, snapshotId), { userId, snapshotId }, true),
+    startDestroySandbox: (userId: string, sandboxId: string) => start('destroySandbox', workflowIds.destroySandbox(userId, sandboxId), { userId, sandboxId }, true),
 
     /** A memory reading for the user's entity; dropped (false) when the user has none running. */
     async signalPressure(userId: string, event: PressureSignal): Promise<boolean> {

@@ -2,6 +2,7 @@ import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client, type Schedu
 import type { ReapInstancesInput } from '../workflows/contracts/elastic.js';
 import { workflowIds } from '../workflows/contracts/operations.js';
 import type { reapInstances } from '../workflows/reaper.js';
+import type { expireSandboxes } from '../workflows/snapshots.js';
 
 /** The reaper's schedule id (also the prefix of its runs' workflow ids: markco-reaper-<time>). */
 export const reaperScheduleId = workflowIds.reaper;
@@ -30,13 +31,35 @@ export async function ensureReaperSchedule(
     policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '5m', pauseOnFailure: false },
     state: { note: 'Terminates managed EC2 instances that nothing needs (docs/runbook.md)' },
   };
+  return ensureSchedule(client, reaperScheduleId, definition);
+}
+
+/** The schedule id of the sandbox expiry (its runs' workflow ids: markco-sandbox-expiry-<time>). */
+export const sandboxExpiryScheduleId = workflowIds.sandboxExpiry;
+
+/**
+ * Creates (or brings up to date) the schedule that destroys expired AI sandboxes every minute
+ * (expireSandboxes). `scheduleId` is for tests, which run one of their own.
+ */
+export async function ensureSandboxExpirySchedule(client: Client, taskQueue: string, opts: { every?: string; scheduleId?: string } = {}): Promise<{ created: boolean }> {
+  const scheduleId = opts.scheduleId ?? sandboxExpiryScheduleId;
+  const definition: ScheduleUpdateOptions<ScheduleOptionsStartWorkflowAction<typeof expireSandboxes>> = {
+    spec: { intervals: [{ every: opts.every ?? '1m' }] },
+    action: { type: 'startWorkflow', workflowType: 'expireSandboxes', workflowId: scheduleId, taskQueue, args: [], workflowExecutionTimeout: '10m' },
+    policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '5m', pauseOnFailure: false },
+    state: { note: 'Destroys AI sandboxes past their expiry (docs/runbook.md)' },
+  };
+  return ensureSchedule(client, scheduleId, definition);
+}
+
+async function ensureSchedule(client: Client, scheduleId: string, definition: ScheduleUpdateOptions<ScheduleOptionsStartWorkflowAction<any>>): Promise<{ created: boolean }> {
   try {
-    await client.schedule.create({ scheduleId: reaperScheduleId, ...definition });
+    await client.schedule.create({ scheduleId, ...definition } as never);
     return { created: true };
   } catch (err) {
     if (!(err instanceof ScheduleAlreadyRunning)) throw err;
     // Keep an operator's pause: only the definition is brought up to date.
-    await client.schedule.getHandle(reaperScheduleId).update((previous) => ({ ...definition, state: { ...definition.state, paused: previous.state.paused, ...(previous.state.note ? { note: previous.state.note } : {}) } }));
+    await client.schedule.getHandle(scheduleId).update((previous) => ({ ...definition, state: { ...definition.state, paused: previous.state.paused, ...(previous.state.note ? { note: previous.state.note } : {}) } }) as never);
     return { created: false };
   }
 }

@@ -5,3 +5,4 @@ export { reapInstances } from './reaper.js';
 export { registerHost } from './register-host.js';
 export { importProject, login, runtimeStats, stopRuntime } from './user-environment.js';
 export { userRuntime } from './user-runtime.js';
+export { deleteSnapshot, destroySandbox, expireSandboxes, forkSandbox, idleCheckpoint, restoreSnapshot, returnRuntime, snapshotRuntime } from './snapshots.js';

@@ -12,7 +12,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import type { CheckpointResult, MigrationPlan } from '../activities/migration.js';
+import type { CheckpointResult, MigrationPlan, MigrationTier } from '../activities/migration.js';
 import { MigrationReasons, type MigrateRuntimeInput, type MigrateRuntimeResult } from './contracts/elastic.js';
 import { reservationClaimedSignal } from './contracts/reservations.js';
 import { ErrorType, permanentErrorTypes } from './contracts/errors.js';
@@ -237,19 +237,28 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
 /** The host the runtime moves to, and whether this migration launched or claimed it (and so must give it back on failure). */
 async function chooseTarget(plan: MigrationPlan, input: MigrateRuntimeInput, workflowId: string): Promise<{ hostId: string; owned: boolean }> {
   if (input.targetHostId) return { hostId: input.targetHostId, owned: false };
-  if (plan.to.instanceType === null) return { hostId: plan.baseHostId, owned: false };
-  const claimed = await db.claimReservation({ userId: input.userId, instanceType: plan.to.instanceType, claimedBy: workflowId, waitMs: 120_000 });
+  return acquireHost({ userId: input.userId, tier: plan.to, baseHostId: plan.baseHostId, workflowId });
+}
+
+/**
+ * A host of the tier for the user's runtime: the base server for the base tier, else the user's
+ * reserved EC2 host of that type if one is ready, else a newly launched one. `owned`: the caller launched
+ * or claimed it and must terminate it if it fails.
+ */
+export async function acquireHost(o: { userId: string; tier: MigrationTier; baseHostId: string; workflowId: string }): Promise<{ hostId: string; owned: boolean }> {
+  if (o.tier.instanceType === null) return { hostId: o.baseHostId, owned: false };
+  const claimed = await db.claimReservation({ userId: o.userId, instanceType: o.tier.instanceType, claimedBy: o.workflowId, waitMs: 120_000 });
   if (claimed) {
     // Ends the reservation's wait now; the claim itself is already in PostgreSQL if the signal is lost.
-    await getExternalWorkflowHandle(workflowIds.preProvision(input.userId))
-      .signal(reservationClaimedSignal, { hostId: claimed.hostId, claimedBy: workflowId })
+    await getExternalWorkflowHandle(workflowIds.preProvision(o.userId))
+      .signal(reservationClaimedSignal, { hostId: claimed.hostId, claimedBy: o.workflowId })
       .catch(() => undefined);
     return { hostId: claimed.hostId, owned: true };
   }
   const hostId = `ec2-${uuid4().replace(/-/g, '').slice(0, 12)}`;
   const launched = await executeChild(provisionHost, {
     workflowId: workflowIds.provisionHost(hostId),
-    args: [{ hostId, userId: input.userId, tier: plan.to.name, instanceType: plan.to.instanceType, reserveForSeconds: 3600, claimedBy: workflowId, gpu: plan.to.gpu }],
+    args: [{ hostId, userId: o.userId, tier: o.tier.name, instanceType: o.tier.instanceType, reserveForSeconds: 3600, claimedBy: o.workflowId, gpu: o.tier.gpu }],
   });
   return { hostId: launched.hostId, owned: true };
 }
@@ -258,7 +267,7 @@ async function chooseTarget(plan: MigrationPlan, input: MigrateRuntimeInput, wor
  * CRIU refuses a runtime holding an established TCP connection (an in-flight request, the user's own
  * socket). Such a runtime is busy, not broken: try again for up to a minute (10 s when urgent).
  */
-async function checkpointWhenIdle(checkpoint: () => Promise<CheckpointResult>, urgent: boolean): Promise<CheckpointResult> {
+export async function checkpointWhenIdle<T>(checkpoint: () => Promise<T>, urgent: boolean): Promise<T> {
   const budgetMs = urgent ? 10_000 : 60_000;
   let waitedMs = 0;
   let delayMs = 1000;

@@ -1,8 +1,9 @@
-import { ApplicationFailure, CancellationScope, log, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, executeChild, log, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { ErrorType } from './contracts/errors.js';
 import { stepQuery } from './contracts/messages.js';
-import { Operation } from './contracts/operations.js';
+import { Operation, workflowIds } from './contracts/operations.js';
+import { SearchAttr } from './contracts/search-attributes.js';
 import type {
   ImportProjectInput,
   ImportProjectResult,
@@ -16,6 +17,7 @@ import type {
 import { Plans, userIdPattern } from './contracts/users.js';
 import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
 import { hostCommand, quick } from './options.js';
+import { returnRuntime } from './snapshots.js';
 
 const db = proxyActivities<Activities>(quick);
 const onHost = proxyActivities<Activities>(hostCommand);
@@ -63,7 +65,20 @@ export async function login(input: LoginInput): Promise<LoginResult> {
   let runtimeHealthy = false;
   let editorMade = false;
   try {
-    const plan = await db.planLogin({ userId: input.userId, ...(input.plan ? { plan: input.plan } : {}) });
+    let plan = await db.planLogin({ userId: input.userId, ...(input.plan ? { plan: input.plan } : {}) });
+    if (plan.checkpointed) {
+      // The seeds started a fresh runtime here and lost the user's state (their bug J): restore it first.
+      step = 'return';
+      await executeChild(returnRuntime, {
+        workflowId: workflowIds.returnRuntime(input.userId),
+        args: [{ userId: input.userId }],
+        typedSearchAttributes: [
+          { key: SearchAttr.userId, value: input.userId },
+          { key: SearchAttr.operation, value: Operation.returnRuntime },
+        ],
+      });
+      plan = await db.planLogin({ userId: input.userId });
+    }
     const { uid, gid } = plan.containerUser;
     step = 'prepare-home';
     const hostsOfUser = [...new Set([plan.runtimeHostId, plan.editorHostId])];

@@ -22,7 +22,12 @@ import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import {
   entityStateQuery,
+  exclusiveKinds,
+  idleUpdate,
   loginUpdate,
+  restoreSnapshotUpdate,
+  sandboxUpdate,
+  snapshotUpdate,
   migrateUpdate,
   pressureSignal,
   stopRuntimeUpdate,
@@ -34,6 +39,17 @@ import {
 } from './contracts/runtime-entity.js';
 import { SearchAttr } from './contracts/search-attributes.js';
 import type { LoginInput, LoginResult, StopRuntimeInput } from './contracts/user-environment.js';
+import {
+  validateForkSandboxInput,
+  validateIdleCheckpointInput,
+  validateRestoreSnapshotInput,
+  validateSnapshotRuntimeInput,
+  type ForkSandboxInput,
+  type IdleCheckpointInput,
+  type RestoreSnapshotInput,
+  type RestoreSnapshotResult,
+  type SnapshotRuntimeInput,
+} from './contracts/snapshots.js';
 import { userIdPattern } from './contracts/users.js';
 import { errorMessage, tagOperation } from './lifecycle.js';
 import { escalateSignal, migrationOperation, validateMigrateInput } from './migrate.js';
@@ -58,7 +74,7 @@ const db = proxyActivities<Activities>(quick);
 
 interface QueuedOperation {
   kind: EntityOperationKind;
-  input: LoginInput | StopRuntimeInput | MigrateRuntimeInput;
+  input: LoginInput | StopRuntimeInput | MigrateRuntimeInput | IdleCheckpointInput | SnapshotRuntimeInput | RestoreSnapshotInput | ForkSandboxInput;
   started?: OperationRef;
   failedToStart?: string;
 }
@@ -68,13 +84,34 @@ interface Carried {
   operationsRun: number;
 }
 
-const childTypes: Record<EntityOperationKind, string> = { login: 'login', 'stop-runtime': 'stopRuntime', migrate: 'migrateRuntime' };
+const childTypes: Record<EntityOperationKind, string> = {
+  login: 'login',
+  'stop-runtime': 'stopRuntime',
+  migrate: 'migrateRuntime',
+  idle: 'idleCheckpoint',
+  snapshot: 'snapshotRuntime',
+  restore: 'restoreSnapshot',
+  sandbox: 'forkSandbox',
+};
 
-function childIdOf(kind: EntityOperationKind, userId: string): string {
-  if (kind === 'login') return workflowIds.login(userId);
-  if (kind === 'stop-runtime') return workflowIds.stopRuntime(userId);
-  return workflowIds.migrate(userId);
-}
+const childIds: Record<EntityOperationKind, (userId: string) => string> = {
+  login: workflowIds.login,
+  'stop-runtime': workflowIds.stopRuntime,
+  migrate: workflowIds.migrate,
+  idle: workflowIds.idle,
+  snapshot: workflowIds.snapshot,
+  restore: workflowIds.restoreSnapshot,
+  sandbox: workflowIds.sandbox,
+};
+
+const childOperations: Record<Exclude<EntityOperationKind, 'migrate'>, Operation> = {
+  login: Operation.login,
+  'stop-runtime': Operation.stopRuntime,
+  idle: Operation.idle,
+  snapshot: Operation.snapshot,
+  restore: Operation.restoreSnapshot,
+  sandbox: Operation.sandbox,
+};
 
 function invalid(problems: string[]): never {
   throw ApplicationFailure.create({ type: ErrorType.InvalidInput, message: problems.join('; '), nonRetryable: true });
@@ -142,6 +179,25 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       if (stop?.userId !== userId) invalid([`invalid stopRuntime input: userId: this entity is ${userId}`]);
     },
   });
+  /** Refuses an exclusive request while another operation of the user runs or waits (the API's 409). */
+  function refuseWhileBusy(kind: EntityOperationKind): void {
+    const busy = running?.kind ?? queue[0]?.kind;
+    if (busy !== undefined) {
+      throw ApplicationFailure.create({ type: ErrorType.Conflict, message: `another operation (${busy}) of user ${userId} is running; try ${kind} again when it has finished`, nonRetryable: true });
+    }
+  }
+  const exclusive = <T extends { userId: string }>(kind: EntityOperationKind, validate: (i: T) => string[]) => ({
+    validator: (i: T) => {
+      const problems = validate(i);
+      if (problems.length === 0 && i.userId !== userId) problems.push(`userId: this entity is ${userId}`);
+      if (problems.length > 0) invalid([`invalid ${kind} input: ${problems.join('; ')}`]);
+      if (exclusiveKinds.includes(kind)) refuseWhileBusy(kind);
+    },
+  });
+  setHandler(idleUpdate, (i) => request('idle', i), exclusive('idle', validateIdleCheckpointInput));
+  setHandler(snapshotUpdate, (i) => request('snapshot', i), exclusive('snapshot', validateSnapshotRuntimeInput));
+  setHandler(restoreSnapshotUpdate, (i) => request('restore', i), exclusive('restore', validateRestoreSnapshotInput));
+  setHandler(sandboxUpdate, (i) => request('sandbox', i), exclusive('sandbox', validateForkSandboxInput));
   setHandler(migrateUpdate, (m) => request('migrate', migrationInput(m)), {
     validator: (m) => {
       const problems = validateMigrateInput(migrationInput(m));
@@ -254,7 +310,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
   }
 
   async function runOperation(next: QueuedOperation): Promise<void> {
-    const childId = childIdOf(next.kind, userId);
+    const childId = childIds[next.kind](userId);
     let handle: ChildWorkflowHandle<(i: unknown) => Promise<unknown>>;
     try {
       handle = await startWithRetry(next, childId);
@@ -267,17 +323,17 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     running = next as QueuedOperation & { started: OperationRef };
     operationsRun++;
     policy = onOperationStarted(policy);
-    tagRuntime(next.kind === 'migrate' ? 'migrating' : next.kind === 'login' ? 'starting' : 'stopping', policy.placement?.hostId);
+    tagRuntime(runtimeStateDuring[next.kind], policy.placement?.hostId);
     let placementChanged = false;
     let placement: Placement | null | undefined;
     try {
       const result = await handle.result();
       placement = placementFrom(next.kind, result);
-      placementChanged = true;
+      placementChanged = placement !== undefined;
     } catch (err) {
       log.info(`${next.kind} failed`, { error: errorMessage(err) });
-      // A failed migration leaves the runtime where it was; a failed login may still have made one.
-      if (next.kind !== 'migrate') {
+      // A failed migration, snapshot or fork leaves the runtime where it was; a failed login may still have made one.
+      if (!['migrate', 'snapshot', 'sandbox'].includes(next.kind)) {
         placement = await placementNow(userId);
         placementChanged = true;
       }
@@ -285,11 +341,11 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     running = undefined;
     policy = onOperationFinished(policy, placementChanged);
     if (placement !== undefined) policy = onPlacementChanged(policy, placement);
-    tagRuntime(policy.placement ? 'running' : 'stopped', policy.placement?.hostId);
+    tagRuntime(policy.placement ? 'running' : next.kind === 'idle' && placementChanged ? 'checkpointed' : 'stopped', policy.placement?.hostId);
   }
 
   async function startWithRetry(next: QueuedOperation, childId: string): Promise<ChildWorkflowHandle<(i: unknown) => Promise<unknown>>> {
-    const operation = next.kind === 'migrate' ? migrationOperation((next.input as MigrateRuntimeInput).reason) : next.kind === 'login' ? Operation.login : Operation.stopRuntime;
+    const operation = next.kind === 'migrate' ? migrationOperation((next.input as MigrateRuntimeInput).reason) : childOperations[next.kind];
     const options = {
       workflowId: childId,
       args: [next.input] as [unknown],
@@ -311,9 +367,15 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     }
   }
 
-  function placementFrom(kind: EntityOperationKind, result: unknown): Placement | null {
+  /** Where the runtime is after a child finished: null when it has none running, undefined when unchanged. */
+  function placementFrom(kind: EntityOperationKind, result: unknown): Placement | null | undefined {
     const now = Date.now();
-    if (kind === 'stop-runtime') return null;
+    if (kind === 'stop-runtime' || kind === 'idle') return null;
+    if (kind === 'snapshot' || kind === 'sandbox') return undefined;
+    if (kind === 'restore') {
+      const r = result as RestoreSnapshotResult;
+      return policy.placement ? { ...policy.placement, hostId: r.hostId, since: now } : undefined;
+    }
     if (kind === 'login') {
       const r = (result as LoginResult).runtime;
       return { runtimeId: r.runtimeId, hostId: r.hostId, tier: r.tier, memoryLimitBytes: r.memoryLimitBytes, since: now };
@@ -322,6 +384,16 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     return { runtimeId: m.runtimeId, hostId: m.targetHostId, tier: m.toTier, memoryLimitBytes: m.memoryLimitBytes, since: now };
   }
 }
+
+const runtimeStateDuring: Record<EntityOperationKind, string> = {
+  login: 'starting',
+  'stop-runtime': 'stopping',
+  migrate: 'migrating',
+  idle: 'checkpointing',
+  snapshot: 'snapshotting',
+  restore: 'restoring',
+  sandbox: 'forking',
+};
 
 async function placementNow(userId: string): Promise<Placement | null> {
   const p = await db.currentPlacement({ userId });

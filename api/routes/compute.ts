@@ -26,7 +26,7 @@ const WaitQuery = z.object({
   wait: z.coerce.number({ error: 'expected seconds' }).min(0, 'expected 0 to 300 seconds').max(300, 'expected 0 to 300 seconds').optional(),
 });
 
-function waitMsOf(req: FastifyRequest, reply: FastifyReply): number | undefined | null {
+export function waitMsOf(req: FastifyRequest, reply: FastifyReply): number | undefined | null {
   const parsed = WaitQuery.safeParse(req.query ?? {});
   if (!parsed.success) {
     void reply.code(400).send({ error: 'invalid request', message: `wait: ${parsed.error.issues[0]?.message}` });
@@ -40,31 +40,41 @@ function answerOperation(reply: FastifyReply, state: OperationState) {
   return reply.code(state.status === 'running' ? 202 : 200).send(state);
 }
 
+/** The `:userId` path parameter, or a 400 naming it. */
+export function userParam(req: FastifyRequest, reply: FastifyReply): string | undefined {
+  const { userId } = req.params as { userId: string };
+  if (userIdPattern.test(userId)) return userId;
+  void reply.code(400).send({ error: 'invalid request', message: 'userId: expected a lowercase UUID' });
+  return undefined;
+}
+
+/** 202 with the operation's id, or its final state within `?wait=`; a refusal by the entity is a 4xx saying why. */
+export async function startAndAnswer(deps: PlatformDeps, req: FastifyRequest, reply: FastifyReply, started: () => Promise<{ operationId: string }>) {
+  const waitMs = waitMsOf(req, reply);
+  if (waitMs === null) return reply;
+  let operationId: string;
+  try {
+    ({ operationId } = await started());
+  } catch (err) {
+    if (err instanceof ApplicationFailure && err.type === ErrorType.Conflict) return reply.code(409).send({ error: 'conflict', message: err.message });
+    if (err instanceof ApplicationFailure && err.type === ErrorType.InvalidInput) return reply.code(400).send({ error: 'invalid request', message: err.message });
+    if (err instanceof ApplicationFailure && err.type === ErrorType.NotFound) return reply.code(404).send({ error: 'not found', message: err.message });
+    throw err;
+  }
+  if (!waitMs) return reply.code(202).header('location', `/api/operations/${operationId}`).send({ operation_id: operationId, status: 'running' });
+  const state = await deps.operations.describe(operationId, { waitMs });
+  return answerOperation(reply, state ?? { operation_id: operationId, workflow_id: '', status: 'running', step: 'starting' });
+}
+
 export function computeRoutes(deps: PlatformDeps): FastifyPluginAsync {
   return async (app) => {
     const operator = requireOperator(deps.auth, deps.adminConfigured);
-
-    const userParam = (req: FastifyRequest, reply: FastifyReply): string | undefined => {
-      const { userId } = req.params as { userId: string };
-      if (userIdPattern.test(userId)) return userId;
-      void reply.code(400).send({ error: 'invalid request', message: 'userId: expected a lowercase UUID' });
-      return undefined;
-    };
-
-    const startAndAnswer = async (req: FastifyRequest, reply: FastifyReply, started: Promise<{ operationId: string }>) => {
-      const waitMs = waitMsOf(req, reply);
-      if (waitMs === null) return reply;
-      const { operationId } = await started;
-      if (!waitMs) return reply.code(202).header('location', `/api/operations/${operationId}`).send({ operation_id: operationId, status: 'running' });
-      const state = await deps.operations.describe(operationId, { waitMs });
-      return answerOperation(reply, state ?? { operation_id: operationId, workflow_id: '', status: 'running', step: 'starting' });
-    };
 
     app.post('/api/runtimes', { preHandler: operator }, async (req, reply) => {
       const body = parseBody(StartRuntimeBody, req.body, reply);
       if (!body) return reply;
       if (!(await deps.store.users.get(body.user_id))) return reply.code(404).send({ error: 'not found', message: `user ${body.user_id} does not exist` });
-      return startAndAnswer(req, reply, deps.operations.startLogin({ userId: body.user_id, ...(body.plan ? { plan: body.plan } : {}) }));
+      return startAndAnswer(deps, req, reply, () => deps.operations.startLogin({ userId: body.user_id, ...(body.plan ? { plan: body.plan } : {}) }));
     });
 
     app.get('/api/runtimes/:userId', { preHandler: operator }, async (req, reply) => {
@@ -96,7 +106,7 @@ export function computeRoutes(deps: PlatformDeps): FastifyPluginAsync {
       const userId = userParam(req, reply);
       if (!userId) return reply;
       if (!(await deps.store.runtimes.live(userId))) return reply.code(404).send({ error: 'not found', message: `user ${userId} has no runtime` });
-      return startAndAnswer(req, reply, deps.operations.startStopRuntime({ userId }));
+      return startAndAnswer(deps, req, reply, () => deps.operations.startStopRuntime({ userId }));
     });
 
     /** Moves the user's runtime to another tier (the same migration the memory policy starts). */
@@ -113,13 +123,7 @@ export function computeRoutes(deps: PlatformDeps): FastifyPluginAsync {
       if (!tier) {
         return reply.code(400).send({ error: 'invalid request', message: `target_type: ${body.target_type} is not a tier of the ${user.plan} plan (one of ${ladder.map((t) => t.name).join(', ')})` });
       }
-      try {
-        return await startAndAnswer(req, reply, deps.operations.startMigration(userId, { target: tier.name, reason: 'operator' }));
-      } catch (err) {
-        if (err instanceof ApplicationFailure && err.type === ErrorType.Conflict) return reply.code(409).send({ error: 'conflict', message: err.message });
-        if (err instanceof ApplicationFailure && err.type === ErrorType.InvalidInput) return reply.code(400).send({ error: 'invalid request', message: err.message });
-        throw err;
-      }
+      return startAndAnswer(deps, req, reply, () => deps.operations.startMigration(userId, { target: tier.name, reason: 'operator' }));
     });
 
     // Operators see every operation; a signed-in user sees their own.

@@ -37,18 +37,24 @@ async function authorise(deps: PlatformDeps, url: string, headers: IncomingHttpH
 
 const retryAfterSeconds = 2;
 
-function startingAnswer(req: FastifyRequest, reply: FastifyReply, operationId: string | undefined) {
+function startingAnswer(req: FastifyRequest, reply: FastifyReply, operationId: string | undefined, waking: boolean) {
   reply.code(503).header('retry-after', String(retryAfterSeconds)).header('cache-control', 'no-store');
+  const what = waking ? 'Bringing back your runtime where you left it' : 'Starting your editor';
   if (wantsHtml(req)) {
     return reply.type('text/html; charset=utf-8').send(
       page({
-        title: 'Starting',
+        title: waking ? 'Waking up' : 'Starting',
         refreshSeconds: retryAfterSeconds,
-        body: `<h1>Starting your editor…</h1><p>This page reloads by itself in ${retryAfterSeconds} seconds.</p>${operationId ? `<p><small>operation ${escapeHtml(operationId)}</small></p>` : ''}`,
+        body: `<h1>${what}…</h1><p>This page reloads by itself in ${retryAfterSeconds} seconds.</p>${operationId ? `<p><small>operation ${escapeHtml(operationId)}</small></p>` : ''}`,
       }),
     );
   }
-  return reply.send({ status: 'starting', message: 'the editor is starting; retry shortly', retry_after: retryAfterSeconds, ...(operationId ? { operation_id: operationId } : {}) });
+  return reply.send({
+    status: waking ? 'waking' : 'starting',
+    message: waking ? 'the runtime is being restored from its checkpoint; retry shortly' : 'the editor is starting; retry shortly',
+    retry_after: retryAfterSeconds,
+    ...(operationId ? { operation_id: operationId } : {}),
+  });
 }
 
 function forwardedFor(req: IncomingMessage) {
@@ -75,7 +81,7 @@ export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
       const upstream = await deps.routes.get(user.id);
       if (!upstream || upstream.state !== 'running') {
         const { operationId } = await deps.operations.startLogin({ userId: user.id });
-        return startingAnswer(req, reply, operationId);
+        return startingAnswer(req, reply, operationId, upstream?.state === 'checkpointed');
       }
       reply.hijack();
       const outcome = await forwardHttp(req.raw, reply.raw, { host: upstream.host, port: upstream.port, path: rest }, {

@@ -13,6 +13,15 @@ export const Operation = {
   preProvision: 'pre-provision',
   provisionHost: 'provision-host',
   reaper: 'reaper',
+  idle: 'idle',
+  /** The user's next visit (or an operator's wake) restores the idle checkpoint. */
+  returnRuntime: 'return',
+  snapshot: 'snapshot',
+  restoreSnapshot: 'restore-snapshot',
+  deleteSnapshot: 'delete-snapshot',
+  sandbox: 'sandbox',
+  destroySandbox: 'destroy-sandbox',
+  sandboxExpiry: 'sandbox-expiry',
 } as const;
 export type Operation = (typeof Operation)[keyof typeof Operation];
 
@@ -32,6 +41,16 @@ export const workflowIds = {
   /** Launching one EC2 host (a child of pre-provision or of a migration). */
   provisionHost: (hostId: string) => `host/${hostId}/provision`,
   reaper: 'markco-reaper',
+  idle: (userId: string) => `user/${userId}/idle`,
+  /** A child of the user's login: a visit while checkpointed brings the runtime back first. */
+  returnRuntime: (userId: string) => `user/${userId}/return`,
+  snapshot: (userId: string) => `user/${userId}/snapshot`,
+  restoreSnapshot: (userId: string) => `user/${userId}/restore`,
+  sandbox: (userId: string) => `user/${userId}/sandbox`,
+  /** Not through the entity: neither touches the user's runtime, and each is safe to repeat. */
+  deleteSnapshot: (userId: string, snapshotId: string) => `user/${userId}/snapshot/${snapshotId}/delete`,
+  destroySandbox: (userId: string, sandboxId: string) => `user/${userId}/sandbox/${sandboxId}/destroy`,
+  sandboxExpiry: 'markco-sandbox-expiry',
 };
 
 /** Lifecycle status values for the MarkcoStatus search attribute. */

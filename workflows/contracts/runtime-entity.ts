@@ -1,5 +1,6 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { MigrationReason } from './elastic.js';
+import type { ForkSandboxInput, IdleCheckpointInput, RestoreSnapshotInput, SnapshotRuntimeInput } from './snapshots.js';
 import type { LoginInput, StopRuntimeInput } from './user-environment.js';
 
 /**
@@ -18,7 +19,14 @@ export interface UserRuntimeInput {
 }
 
 /** Which child an entity runs; each has a fixed workflow id per user (workflowIds.login / stopRuntime / migrate). */
-export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate';
+export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate' | 'idle' | 'snapshot' | 'restore' | 'sandbox';
+
+/**
+ * Kinds that never join or queue behind another operation: a request while any operation of the user
+ * runs or waits is refused (Conflict, the API's 409), since each names what it does (a snapshot's name,
+ * the snapshot to restore) and would otherwise act on a runtime that changed meanwhile.
+ */
+export const exclusiveKinds: readonly EntityOperationKind[] = ['idle', 'snapshot', 'restore', 'sandbox'];
 
 /** What an update answers: the child run that does the work, as the compute API's operation id is made from it. */
 export interface OperationRef {
@@ -61,5 +69,9 @@ export interface EntityState {
 export const loginUpdate = defineUpdate<OperationRef, [LoginInput]>('login');
 export const stopRuntimeUpdate = defineUpdate<OperationRef, [StopRuntimeInput]>('stopRuntime');
 export const migrateUpdate = defineUpdate<OperationRef, [MigrateRequest]>('migrate');
+export const idleUpdate = defineUpdate<OperationRef, [IdleCheckpointInput]>('idle');
+export const snapshotUpdate = defineUpdate<OperationRef, [SnapshotRuntimeInput]>('snapshot');
+export const restoreSnapshotUpdate = defineUpdate<OperationRef, [RestoreSnapshotInput]>('restoreSnapshot');
+export const sandboxUpdate = defineUpdate<OperationRef, [ForkSandboxInput]>('sandbox');
 export const pressureSignal = defineSignal<[PressureSignal]>('pressure');
 export const entityStateQuery = defineQuery<EntityState>('entityState');

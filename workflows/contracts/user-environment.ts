@@ -10,6 +10,8 @@ export interface LoginInput {
 export interface LoginPlan {
   user: { id: string; name: string | null; email: string | null; plan: Plan };
   runtimeHostId: string;
+  /** The runtime lives in its idle checkpoint: the login restores it (returnRuntime) before anything else. */
+  checkpointed?: boolean;
   editorHostId: string;
   /** Who the user's processes run as on these hosts (see HostFacts.rootHasSysResource). */
   containerUser: { uid: number; gid: number };
