@@ -615,3 +615,43 @@ export function setCheckpointMemoryLimit(text: string, memoryBytes: number): str
   // No memory object yet (a container made without a limit): add one to the resources.
   return text.replace(/"resources"\s*:\s*\{/g, `"resources":{"memory":{"limit":${memoryBytes},"swap":${memoryBytes}},`);
 }
+
+/**
+ * A sandbox's own network and the host firewall rules that keep it away from the user's runtime: one
+ * isolated podman network per sandbox (sandboxes never see each other), no packet from its subnet to
+ * the runtimes' network (directly or through a port the host publishes, which DNAT turns into the same)
+ * and none to the host itself (the editor listens there). Prints the sandbox network's subnet.
+ * Arguments: the network's name, the rule comment.
+ */
+export function sandboxNetworkArgs(network: string, comment: string): string[] {
+  assertName('network name', network);
+  const script = `set -eu
+net=$1; tag=$2
+podman network exists "$net" || podman network create --opt isolate=true "$net" >/dev/null
+sub=$(podman network inspect "$net" --format '{{range .Subnets}}{{.Subnet}} {{end}}' | cut -d' ' -f1)
+runtimes=$(podman network inspect podman --format '{{range .Subnets}}{{.Subnet}} {{end}}' | cut -d' ' -f1)
+[ -n "$sub" ] && [ -n "$runtimes" ] || { echo "no subnet for $net or podman" >&2; exit 1; }
+iptables -C FORWARD -s "$sub" -d "$runtimes" -m comment --comment "$tag" -j DROP 2>/dev/null || iptables -I FORWARD 1 -s "$sub" -d "$runtimes" -m comment --comment "$tag" -j DROP
+iptables -C INPUT -s "$sub" -m comment --comment "$tag" -j DROP 2>/dev/null || iptables -I INPUT 1 -s "$sub" -m comment --comment "$tag" -j DROP
+echo "$sub"`;
+  return ['sh', '-c', script, 'markco-sandbox-net', network, comment];
+}
+
+/** Removes what sandboxNetworkArgs made (its rules by their comment, then the network). Safe to repeat. */
+export function removeSandboxNetworkArgs(network: string, comment: string): string[] {
+  assertName('network name', network);
+  const script = `net=$1; tag=$2
+for chain in FORWARD INPUT; do
+  iptables -S "$chain" | grep -F -- "--comment $tag " | sed "s/^-A /-D /" | while read -r rule; do eval "iptables $rule" || true; done
+done
+podman network exists "$net" && podman network rm --force "$net" >/dev/null
+exit 0`;
+  return ['sh', '-c', script, 'markco-sandbox-net-rm', network, comment];
+}
+
+/** Points a checkpoint's container config (config.dump) at another network: a restored fork joins its own. */
+export function setCheckpointNetwork(configDump: string, network: string): string {
+  const config = JSON.parse(configDump) as Record<string, unknown>;
+  config.newNetworks = { [network]: { interface_name: 'eth0' } };
+  return JSON.stringify(config);
+}

@@ -28,7 +28,10 @@ import {
   receiveAndRestoreArgs,
   relocateStoragePaths,
   removeContainerArgs,
+  removeSandboxNetworkArgs,
+  sandboxNetworkArgs,
   setCheckpointMemoryLimit,
+  setCheckpointNetwork,
 } from './podman-commands.js';
 import { streamFileBetweenHosts, TarMemberRewriter } from './transfer.js';
 import { basePathOf, containerUserFor, runtimeContainerPort } from './user-containers.js';
@@ -117,6 +120,11 @@ export function sandboxContainerName(sandboxId: string): string {
   return `sb-${sandboxId}`;
 }
 
+/** Each sandbox has a network of its own (isolated, firewalled from the runtimes and the host). */
+export function sandboxNetworkName(sandboxId: string): string {
+  return `markco-${sandboxContainerName(sandboxId)}`;
+}
+
 /** A snapshot restore's runtime gets a name of its own: the current container keeps its name until it goes (the seeds collided on restoring twice). */
 export function restoredContainerName(userId: string, restoreId: string): string {
   if (!idPattern.test(userId) || !idPattern.test(restoreId)) throw new Error('invalid user or restore id');
@@ -201,7 +209,19 @@ export function createSnapshotActivities(deps: ActivityDeps) {
    * host's storage roots, the tier's memory) and sent as the head, the rest streams from the file into
    * podman's import while being hashed. The hash must be the snapshot's.
    */
-  async function restoreFile(input: { hostId: string; path: string; sha256: string; dir: string; name: string; port: number; memoryBytes: number; cpus: number; fromRoots: StorageRoots; replaceHome?: { from: string; to: string } }): Promise<{ restoreMs: number; memoryLimitBytes: number }> {
+  async function restoreFile(input: {
+    hostId: string;
+    path: string;
+    sha256: string;
+    dir: string;
+    name: string;
+    port: number;
+    memoryBytes: number;
+    cpus: number;
+    fromRoots: StorageRoots;
+    /** A fork: its own copy of the home, and its own network. */
+    sandbox?: { homeFrom: string; homeTo: string; network: string };
+  }): Promise<{ restoreMs: number; memoryLimitBytes: number }> {
     const started = Date.now();
     const { host, shell } = await shellForHost(deps, input.hostId);
     const toRoots = await rootsOf(input.hostId);
@@ -209,9 +229,13 @@ export function createSnapshotActivities(deps: ActivityDeps) {
     activitySignal()?.addEventListener('abort', () => abort.abort(), { once: true });
     if ((await containerStatus(shell, input.name)) !== 'missing') await shell.run(removeContainerArgs(input.name), { timeoutMs: 60_000 });
     await shell.run(['sh', '-c', 'rm -rf "$1" && mkdir -p "$1"', 'markco-restore-dir', input.dir]);
-    const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (_name, data) => {
+    const sandbox = input.sandbox;
+    const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (name, data) => {
       let text = relocateStoragePaths(data.toString('utf8'), input.fromRoots, toRoots);
-      if (input.replaceHome) text = text.split(JSON.stringify(input.replaceHome.from)).join(JSON.stringify(input.replaceHome.to));
+      if (sandbox) {
+        text = text.split(JSON.stringify(sandbox.homeFrom)).join(JSON.stringify(sandbox.homeTo));
+        if (name === 'config.dump') text = setCheckpointNetwork(text, sandbox.network);
+      }
       return Buffer.from(setCheckpointMemoryLimit(text, input.memoryBytes), 'utf8');
     });
     const restore = {
@@ -639,6 +663,8 @@ export function createSnapshotActivities(deps: ActivityDeps) {
         }
         const { sha256 } = await hashAndSize(target.shell, path);
         const port = await store.ports.leaseHeld({ hostId, userId: sandbox.userId, purpose: 'sandbox', holder: sandbox.id });
+        const network = sandboxNetworkName(sandbox.id);
+        await target.shell.run(sandboxNetworkArgs(network, network), { timeoutMs: 60_000 });
         const restored = await restoreFile({
           hostId,
           path,
@@ -649,7 +675,7 @@ export function createSnapshotActivities(deps: ActivityDeps) {
           memoryBytes: parent.memoryLimitBytes,
           cpus: parent.cpuLimit,
           fromRoots: await rootsOf(parent.hostId),
-          replaceHome: { from: homeOf(sandbox.userId), to: sandbox.home! },
+          sandbox: { homeFrom: homeOf(sandbox.userId), homeTo: sandbox.home!, network },
         });
         const address = reachableAddressOf(target.host);
         await store.sandboxes.update(sandbox.id, { state: 'running', port, address });
@@ -671,6 +697,7 @@ export function createSnapshotActivities(deps: ActivityDeps) {
         if (host && host.state !== 'terminated') {
           const { shell } = await shellForHost(deps, sandbox.hostId);
           await shell.run(removeContainerArgs(sandbox.containerName), { timeoutMs: 60_000 });
+          await shell.run(removeSandboxNetworkArgs(sandboxNetworkName(sandbox.id), sandboxNetworkName(sandbox.id)), { timeoutMs: 60_000 });
           await shell.run(['rm', '-rf', scratchFor('sandbox', sandbox.id)]).catch(() => undefined);
         }
         if (sandbox.port) await store.ports.release({ hostId: sandbox.hostId, port: sandbox.port });

@@ -195,6 +195,14 @@ export async function returnRuntime(input: ReturnRuntimeInput): Promise<ReturnRu
     step.set('health');
     await waiting.waitForRuntime({ runtimeId: plan.runtimeId, address: leased.address, port: leased.port });
 
+    // The editor stayed through the idle time (unless configured away): it is told the new address before
+    // the runtime row says `running`, so the edge never sends the user to an editor with a stale runtime.
+    step.set('switch');
+    if (plan.editor) {
+      const runtime = { runtimeId: plan.runtimeId, hostId: target.hostId, containerName: plan.containerName, port: leased.port, address: leased.address, state: 'running', tier: plan.to.name, memoryLimitBytes: restored.memoryLimitBytes, cpuLimit: plan.to.cpus };
+      await waiting.readyEditor({ editorId: plan.editor.editorId, userId: input.userId, address: plan.editor.address, port: plan.editor.port, runtime });
+    }
+
     step.set('commit');
     const totalMs = Date.now() - started;
     await db.commitReturn({

@@ -7,10 +7,12 @@ import pg from 'pg';
 import { join } from 'node:path';
 import { HostShells } from '../../activities/host-shell.js';
 import { probeHostFacts } from '../../activities/hosts.js';
+import { ensureBucket } from '../../activities/archive-store.js';
 import type { ActivityDeps } from '../../activities/index.js';
+import type { ArchiveBucket } from '../../activities/snapshots.js';
 import type { UserEnvironmentConfig } from '../../activities/user-environment.js';
 import { startBootWatcher, type BootWatcher } from '../../infra/dev/simulated-cloud.js';
-import { createEc2Client } from '../../lib/aws.js';
+import { createEc2Client, createS3Client } from '../../lib/aws.js';
 import type { CloudConfig } from '../../lib/config.js';
 import { createPool } from '../../lib/db.js';
 import { createStore, type Store } from '../../lib/store.js';
@@ -125,6 +127,16 @@ export function emulatorEc2(state: HarnessState) {
   return createEc2Client({ region: 'ca-central-1', endpoint: state.moto.endpoint, snapshotBucket: 'markco-test' }, emulatorCredentials);
 }
 
+/**
+ * An S3 bucket of the emulator for a test's archives (created here), as the worker's `archives`: every
+ * checkpoint archive of that worker is uploaded to it.
+ */
+export async function emulatorArchiveBucket(state: HarnessState, bucket = `markco-archives-${randomBytes(4).toString('hex')}`): Promise<ArchiveBucket> {
+  const s3 = createS3Client({ region: 'ca-central-1', endpoint: state.moto.endpoint, snapshotBucket: bucket }, emulatorCredentials);
+  await ensureBucket(s3, bucket, 'ca-central-1');
+  return { s3, bucket, encryption: { kind: 'AES256' }, partBytes: 5 * 1024 * 1024 };
+}
+
 /** Where the test worker puts users' homes and which images it runs (the run's own directory, the built images). */
 export function testEnvironment(state: HarnessState): UserEnvironmentConfig {
   return { baseHostId: 'base', usersDir: join(state.baseHost.dataDir, 'users'), runtimeImage: state.images.runtime, editorImage: state.images.editor, allowPrivateImports: true };
@@ -184,7 +196,7 @@ export function startTestBootWatcher(state: HarnessState, opts: { deploymentId?:
 /** A worker with the real activities, on a task queue of the test's own, from the run's prebuilt bundle. */
 export async function startTestWorker(
   state: HarnessState,
-  deps: { store: Store; shells: HostShells } & Partial<Pick<ActivityDeps, 'environment' | 'cloud' | 'tiers'>>,
+  deps: { store: Store; shells: HostShells } & Partial<Pick<ActivityDeps, 'environment' | 'cloud' | 'tiers' | 'archives'>>,
   taskQueue = `test-${randomBytes(4).toString('hex')}`,
 ): Promise<{ worker: Worker; taskQueue: string; connection: NativeConnection }> {
   quietTemporalRuntime();
