@@ -196,7 +196,7 @@ dir=$1; mode=$2; headBytes=$3; from=$4; shift 4
 in=$dir/in.tar; hashpipe=$dir/hash.fifo
 umask 077
 mkdir -p "$dir" && rm -f "$in" "$in.next" "$hashpipe" "$dir/hash" && mkfifo "$hashpipe" || exit 70
-if [ "$from" = - ]; then exec 3<&0; else exec 3<"$from" || exit 71; fi
+if [ "$from" = - ]; then exec 3<&0; else [ -r "$from" ] || { echo "no archive at $from" >&2; exit 71; }; exec 3<"$from"; fi
 { openssl dgst -sha256 -r 2>/dev/null || sha256sum; } < "$hashpipe" > "$dir/hash" &
 hasher=$!
 feeder=
@@ -620,7 +620,8 @@ export function setCheckpointMemoryLimit(text: string, memoryBytes: number): str
  * A sandbox's own network and the host firewall rules that keep it away from the user's runtime: one
  * isolated podman network per sandbox (sandboxes never see each other), no packet from its subnet to
  * the runtimes' network (directly or through a port the host publishes, which DNAT turns into the same)
- * and none to the host itself (the editor listens there). Prints the sandbox network's subnet.
+ * and no new connection to the host itself (the editor listens there; replies to the host's own
+ * connections, such as the worker's and the edge's to the sandbox, pass). Prints the sandbox network's subnet.
  * Arguments: the network's name, the rule comment.
  */
 export function sandboxNetworkArgs(network: string, comment: string): string[] {
@@ -632,7 +633,7 @@ sub=$(podman network inspect "$net" --format '{{range .Subnets}}{{.Subnet}} {{en
 runtimes=$(podman network inspect podman --format '{{range .Subnets}}{{.Subnet}} {{end}}' | cut -d' ' -f1)
 [ -n "$sub" ] && [ -n "$runtimes" ] || { echo "no subnet for $net or podman" >&2; exit 1; }
 iptables -C FORWARD -s "$sub" -d "$runtimes" -m comment --comment "$tag" -j DROP 2>/dev/null || iptables -I FORWARD 1 -s "$sub" -d "$runtimes" -m comment --comment "$tag" -j DROP
-iptables -C INPUT -s "$sub" -m comment --comment "$tag" -j DROP 2>/dev/null || iptables -I INPUT 1 -s "$sub" -m comment --comment "$tag" -j DROP
+iptables -C INPUT -s "$sub" -m conntrack --ctstate NEW -m comment --comment "$tag" -j DROP 2>/dev/null || iptables -I INPUT 1 -s "$sub" -m conntrack --ctstate NEW -m comment --comment "$tag" -j DROP
 echo "$sub"`;
   return ['sh', '-c', script, 'markco-sandbox-net', network, comment];
 }

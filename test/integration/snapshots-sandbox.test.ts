@@ -8,7 +8,8 @@ import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { request } from 'undici';
 import type { HostShells } from '../../activities/host-shell.js';
-import type { ArchiveBucket } from '../../activities/snapshots.js';
+import { removeSandboxNetworkArgs } from '../../activities/podman-commands.js';
+import { sandboxNetworkName, type ArchiveBucket } from '../../activities/snapshots.js';
 import { waitFor } from '../../infra/dev/processes.js';
 import { ensureSandboxExpirySchedule } from '../../lib/schedules.js';
 import { emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
@@ -97,6 +98,11 @@ describe('named snapshots and sandbox forks', () => {
 
   after(async () => {
     await temporal?.client.schedule.getHandle(scheduleId).delete().catch(() => undefined);
+    // A failed test may leave a sandbox: its container, network and firewall rules go with the run.
+    for (const s of userId ? await db.store.sandboxes.liveForUser(userId) : []) {
+      await base().run(['podman', 'rm', '--force', '--time', '0', s.containerName], { okExitCodes: [0, 1] }).catch(() => undefined);
+      await base().run(removeSandboxNetworkArgs(sandboxNetworkName(s.id), sandboxNetworkName(s.id))).catch(() => undefined);
+    }
     await edge?.close();
     worker?.shutdown();
     await running;

@@ -151,3 +151,23 @@ test('piped: the export goes source -> target through OS pipes unread; the head 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a stored archive restores from its file on the host: the head comes as head.tar, the rest streams from the file, hashed', async () => {
+  const { dir, env } = fixture();
+  try {
+    const full = readFileSync(join(dir, 'full.tar'));
+    const rx = join(dir, 'rx');
+    execFileSync('mkdir', ['-p', rx]);
+    // The worker writes the rewritten head while the receiver waits for it.
+    setTimeout(() => writeFileSync(join(rx, 'head.tar'), readFileSync(join(dir, 'head.tar'))), 200);
+    const argv = receiveAndRestoreArgs({ dir: rx, mode: 'stream', headBytes: 0, restore: { importPath: `${rx}/in.tar`, name: 'rt-x' }, fromFile: join(dir, 'full.tar') });
+    const r = await run(argv, [], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(parseReceiveOutput(r.stdout).sha256, createHash('sha256').update(full).digest('hex'), 'the hash is of the file as read');
+    assert.equal(readFileSync(join(rx, 'unpacked', 'pages.img')).length, 3_000_000);
+    const missing = await run(receiveAndRestoreArgs({ dir: join(dir, 'rx2'), mode: 'stream', headBytes: 0, restore: { importPath: `${join(dir, 'rx2')}/in.tar`, name: 'rt-x' }, fromFile: join(dir, 'nope.tar') }), [], env);
+    assert.equal(missing.code, 71, 'a missing archive fails before anything is restored');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
