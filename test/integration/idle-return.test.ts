@@ -253,3 +253,72 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     await assertSameKernel('after the dashboard woke it');
   });
 });
+
+/** MARKCO_IDLE_STOP_EDITOR: the idle checkpoint removes the editor too; the visit makes it again, pointed at the restored runtime. */
+describe('idle checkpoint that stops the editor too', () => {
+  const h = useHarness();
+  let db: TestDatabase;
+  let shells: HostShells;
+  let worker: Worker;
+  let running: Promise<void>;
+  let closeWorker: () => Promise<void>;
+  let edge: RunningEdge;
+  let userId: string;
+  let cookie: string;
+  const base = () => hostEnvShell(h.state.baseHost);
+
+  before(async () => {
+    db = await freshDatabase(h.state);
+    shells = testShells(h.state);
+    await registerBaseHost(db.store, shells);
+    const started = await startTestWorker(h.state, { store: db.store, shells, environment: { ...testEnvironment(h.state), idleStopsEditor: true } });
+    worker = started.worker;
+    running = worker.run();
+    closeWorker = () => started.connection.close();
+    edge = await startTestEdge(h.state, db, started.taskQueue);
+    const login = await request(`${edge.url}/auth/dev/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'idle-editor@example.test' }) });
+    userId = ((await login.body.json()) as { user: { id: string } }).user.id;
+    cookie = String(login.headers['set-cookie']).split(';')[0]!;
+  });
+  after(async () => {
+    await edge?.close();
+    worker?.shutdown();
+    await running;
+    await closeWorker?.();
+    await base().run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${userId}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
+    await shells?.closeAll();
+    await db?.drop();
+  });
+
+  test('both containers go (no S3 configured: the archive stays on the base server); the visit brings both back with x intact', async () => {
+    const dashboard = async () => {
+      const r = await request(`${edge.url}/dashboard`, { headers: { cookie, accept: 'application/json' } });
+      return (await r.body.json()) as { runtime: { state: string; port: number }; editor: { state: string } };
+    };
+    const ready = () =>
+      waitFor('the runtime and editor to run', async () => {
+        const d = await dashboard();
+        if (d.runtime.state !== 'running' || d.editor.state !== 'running') throw new Error(JSON.stringify(d));
+        return d;
+      }, { timeoutMs: 120_000, intervalMs: 250 });
+    const execute = async (port: number, code: string) => {
+      const r = await request(`${edge.url}/u/${userId}/proxy/${port}/mrp/v1/execute`, { method: 'POST', headers: { cookie, 'content-type': 'application/json' }, body: JSON.stringify({ code }) });
+      const text = await r.body.text();
+      assert.equal(r.statusCode, 200, text);
+      return JSON.parse(text) as { result: string };
+    };
+    let d = await ready();
+    await execute(d.runtime.port, 'x = 42');
+    const idle = await request(`${edge.url}/api/runtimes/${userId}/idle?wait=120`, { method: 'POST', headers: { authorization: `Bearer ${testAdminToken}`, 'content-type': 'application/json' }, body: '{}' });
+    const body = (await idle.body.json()) as { status: string; result: { editorStopped: boolean; s3Key: string | null } };
+    assert.equal(body.status, 'completed', JSON.stringify(body));
+    assert.deepEqual([body.result.editorStopped, body.result.s3Key], [true, null]);
+    const names = (await base().run(['podman', 'ps', '--all', '--format', '{{.Names}}'])).stdout.split('\n');
+    assert.deepEqual(names.filter((n) => n.endsWith(userId)), [], 'neither container is left');
+    const waiting = await request(`${edge.url}/u/${userId}/`, { headers: { cookie, accept: 'application/json' } });
+    assert.equal(waiting.statusCode, 503);
+    assert.equal(((await waiting.body.json()) as { status: string }).status, 'starting', 'no editor yet: the visit starts everything');
+    d = await ready();
+    assert.equal((await execute(d.runtime.port, 'x')).result, '42');
+  });
+});
