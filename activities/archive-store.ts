@@ -6,6 +6,7 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
+  ListMultipartUploadsCommand,
   UploadPartCommand,
   type CompletedPart,
   type S3Client,
@@ -74,6 +75,8 @@ export async function uploadArchiveFromHost(
   const reader = await args.from.openReader(['cat', '--', args.path], { ...(args.signal ? { signal: args.signal } : {}), timeoutMs: args.timeoutMs ?? 60 * 60_000 });
   // A read that fails while the upload is being created reports through the loop below and `done`.
   reader.stdout.on('error', () => undefined);
+  // An attempt killed mid-upload (the worker died) left its parts behind, billed and invisible: abort them.
+  await abortUnfinishedUploads(s3, store.bucket, args.key, sendOpts);
   const created = await s3.send(
     new CreateMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, ChecksumAlgorithm: 'SHA256', ContentType: 'application/x-tar', ...encryptionParams(store.encryption) }),
     sendOpts,
@@ -123,6 +126,14 @@ export async function uploadArchiveFromHost(
     throw err;
   }
   return { key: args.key, bytes, sha256: whole.digest('hex'), parts: parts.length };
+}
+
+/** Aborts the multipart uploads of exactly this key that never completed. */
+export async function abortUnfinishedUploads(s3: S3Client, bucket: string, key: string, sendOpts: { abortSignal?: AbortSignal } = {}): Promise<number> {
+  const listed = await s3.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: key }), sendOpts);
+  const stale = (listed.Uploads ?? []).filter((u) => u.Key === key && u.UploadId);
+  for (const u of stale) await s3.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: u.UploadId! }), sendOpts);
+  return stale.length;
 }
 
 /**
