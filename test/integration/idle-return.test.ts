@@ -213,6 +213,25 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     await assert.rejects(archives.s3.send(new HeadObjectCommand({ Bucket: archives.bucket, Key: result.s3Key })), /NotFound|404/, 'and its S3 copy');
   });
 
+  test('a named snapshot of the runtime on the EC2 host is kept on the base server and restored there', async () => {
+    await quiet();
+    const onHost = await runtimeRow();
+    assert.notEqual(onHost.hostId, 'base');
+    const snap = await call(`/api/runtimes/${userId}/snapshot?wait=180`, { body: { name: 'on-ec2' } });
+    assert.equal(snap.json?.status, 'completed', snap.text);
+    assert.ok(existsSync(join(archivesDir(), userId, `${snap.json.result.snapshotId}.tar`)), 'the archive came to the base server');
+    await execute('x = 7');
+    const restored = await call(`/api/runtimes/${userId}/restore?wait=180`, { body: { name: 'on-ec2' } });
+    assert.equal(restored.json?.status, 'completed', restored.text);
+    assert.equal(restored.json.result.hostId, onHost.hostId, 'restored on the host the runtime runs on');
+    const after = await runtimeRow();
+    assert.deepEqual([after.hostId, after.containerName], [onHost.hostId, restored.json.result.containerName]);
+    assert.equal((await execute('x')).result, '42');
+    assert.equal((await execute('len(blob.b)')).result, String(220 * MiB));
+    lastCount = (await execute('x')).executionCount;
+    assert.equal(await runtimeContainers(), 1, 'the replaced runtime is gone from the host');
+  });
+
   test('with the base server’s copy gone, the return (an operator’s wake) restores from S3, onto the base server when it fits', async () => {
     await execute('del blob');
     const result = await idle();
