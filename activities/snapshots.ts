@@ -645,8 +645,15 @@ export function createSnapshotActivities(deps: ActivityDeps) {
       const archive = posix.join(dir, 'fork.tar');
       const started = Date.now();
       const { uid, gid } = await containerUser();
-      // The home copy is made before the image is taken: files the runtime holds open must exist at their new path.
-      await target.shell.run(['sh', '-c', 'rm -rf "$2" && mkdir -p "$2" && cp -a "$1/." "$2/" && chown "$3" "$2"', 'markco-sandbox-home', homeOf(sandbox.userId), sandbox.home!, `${uid}:${gid}`], { timeoutMs: 10 * 60_000 });
+      // The home copy is made before the image is taken: files the runtime holds open must exist at their
+      // new path. It comes from the runtime's host, where the runtime's view of the files is.
+      if (parent.hostId === hostId) {
+        await target.shell.run(['sh', '-c', 'rm -rf "$2" && mkdir -p "$2" && cp -a "$1/." "$2/" && chown "$3" "$2"', 'markco-sandbox-home', homeOf(sandbox.userId), sandbox.home!, `${uid}:${gid}`], { timeoutMs: 10 * 60_000 });
+      } else {
+        await target.shell.run(['sh', '-c', 'rm -rf "$1" && mkdir -p "$1" && chown "$2" "$1"', 'markco-sandbox-home', sandbox.home!, `${uid}:${gid}`]);
+        const reader = await source.openReader(['tar', '-C', homeOf(sandbox.userId), '-cf', '-', '.'], { timeoutMs: 10 * 60_000 });
+        await Promise.all([reader.done, target.shell.run(['tar', '-C', sandbox.home!, '-xpf', '-'], { stdin: reader.stdout, timeoutMs: 10 * 60_000 })]);
+      }
       await source.run(['sh', '-c', 'mkdir -p "$1" && rm -f "$2"', 'markco-fork-dir', dir, archive]);
       const stop = beating(() => ({ step: 'fork', ms: Date.now() - started }));
       try {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
@@ -8,13 +8,14 @@ import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { request } from 'undici';
 import type { HostShells } from '../../activities/host-shell.js';
+import { probeHostFacts } from '../../activities/hosts.js';
 import { removeSandboxNetworkArgs } from '../../activities/podman-commands.js';
 import { sandboxNetworkName, type ArchiveBucket } from '../../activities/snapshots.js';
 import { waitFor } from '../../infra/dev/processes.js';
 import { ensureSandboxExpirySchedule } from '../../lib/schedules.js';
-import { emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { connectionTo, emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
 import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
-import { hostEnvShell } from '../support/netns.js';
+import { hostEnvShell, machineImageStore, podmanOn, storageConf } from '../support/netns.js';
 
 /**
  * Named snapshots and AI sandboxes through the compute API, as the owner uses them, on real parts (the
@@ -213,6 +214,23 @@ gateway = '.'.join(str(int(gateway[i:i+2], 16)) for i in (6, 4, 2, 0))
     assert.equal((await base().run(['podman', 'network', 'exists', `markco-${sandbox.containerName}`], { okExitCodes: [0, 1] })).exitCode, 1, 'and its network');
     assert.equal((await call(`/api/runtimes/${userId}/sandbox/00000000-0000-4000-8000-000000000000`, { method: 'DELETE' })).status, 404);
     assert.equal((await execute('x')).result, '42');
+  });
+
+  test('an operator forks the sandbox onto another host: it runs there with x, and goes with DELETE', async () => {
+    const remote = h.state.hosts[1]!;
+    // The runtime AMI has the images baked in: the namespace host reads the machine's built images.
+    writeFileSync(remote.env.CONTAINERS_STORAGE_CONF, storageConf(remote.dir, machineImageStore));
+    await db.store.hosts.upsert({ id: remote.hostId, kind: 'ec2', address: remote.address, state: 'booting', sshUser: remote.sshUser, hostKey: remote.hostKey, instanceId: `i-${remote.hostId.replace(/[^a-z0-9]/g, '')}`, instanceType: 't3.small' });
+    await db.store.hosts.markReady(remote.hostId, await probeHostFacts(shells.for(connectionTo(remote))));
+    assert.equal((await call(`/api/runtimes/${userId}/sandbox`, { body: { host_id: remote.hostId } })).status, 403, 'only operators choose the host');
+    const sandbox = await done(await call(`/api/runtimes/${userId}/sandbox?wait=120`, { admin: true, body: { host_id: remote.hostId } }));
+    assert.deepEqual([sandbox.hostId, sandbox.address], [remote.hostId, remote.address]);
+    assert.equal((await executeIn(sandbox.address, sandbox.port, 'x')).result, '42');
+    const there = async () => (await podmanOn(remote, ['ps', '--all', '--format', '{{.Names}}'])).stdout.split('\n').filter((n) => n === sandbox.containerName);
+    assert.deepEqual(await there(), [sandbox.containerName]);
+    const destroyed = await call(`/api/runtimes/${userId}/sandbox/${sandbox.sandboxId}?wait=60`, { admin: true, method: 'DELETE' });
+    assert.equal(destroyed.json.status, 'completed', destroyed.text);
+    assert.deepEqual(await there(), []);
   });
 
   test('an expired sandbox is destroyed by the schedule', async () => {
