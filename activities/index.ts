@@ -8,6 +8,7 @@ import { typedFailures } from './failures.js';
 import type { HostShells } from './host-shell.js';
 import { createHostActivities } from './hosts.js';
 import { createMigrationActivities } from './migration.js';
+import { createMonitorActivities, type EntitySignals } from './monitor.js';
 import { createSnapshotActivities, type ArchiveBucket } from './snapshots.js';
 import { createUserEnvironmentActivities, type UserEnvironmentConfig } from './user-environment.js';
 
@@ -22,6 +23,8 @@ export interface ActivityDeps {
   cloud?: CloudConfig;
   /** The S3 bucket checkpoint archives are copied to (MARKCO_S3_*); they stay on the base server only when absent. */
   archives?: ArchiveBucket;
+  /** Signals to users' entities (the resource monitor's readings); the monitor cannot run without it. */
+  entities?: EntitySignals;
 }
 
 function withTypedFailures<T extends Record<string, (...args: never[]) => Promise<unknown>>>(group: T): T {
@@ -36,6 +39,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createUserEnvironmentActivities(deps),
     ...createMigrationActivities(deps),
     ...createSnapshotActivities(deps),
+    ...createMonitorActivities(deps),
   });
 }
 

@@ -656,3 +656,54 @@ export function setCheckpointNetwork(configDump: string, network: string): strin
   config.newNetworks = { [network]: { interface_name: 'eth0' } };
   return JSON.stringify(config);
 }
+
+/**
+ * The resource monitor's sampler: one long-running shell per host that prints, every `intervalMs`, one
+ * `s <container> <memory.current> <memory.max> <cpu usage_usec>` line per running runtime container,
+ * then `t <epoch ms>`. Only shell builtins run per sample (the cgroup files are read with `read`); the
+ * container list and their cgroup paths are refreshed every `relistEvery` samples with one `podman ps`.
+ * cgroup v2 (the runtime AMI's and this machine's).
+ */
+export function hostSamplerArgs(intervalMs: number, relistEvery: number): string[] {
+  if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new Error('the sampling interval must be at least 100 ms');
+  if (!Number.isInteger(relistEvery) || relistEvery < 1) throw new Error('relistEvery must be a positive whole number');
+  const script = `interval=$1; relist=$2; n=0; paths=
+while :; do
+  if [ $((n % relist)) = 0 ]; then
+    paths=$(podman ps --filter label=ai.markco.role=runtime --format '{{.Names}} {{.Pid}}' 2>/dev/null | while read -r name pid; do
+      [ -n "$pid" ] && [ "$pid" != 0 ] || continue
+      while IFS=: read -r id ctl path; do [ "$id" = 0 ] && echo "$name /sys/fs/cgroup$path"; done < "/proc/$pid/cgroup" 2>/dev/null
+    done)
+  fi
+  n=$((n + 1))
+  echo "$paths" | while read -r name dir; do
+    [ -n "$dir" ] || continue
+    cur=; max=; usage=
+    read -r cur < "$dir/memory.current" 2>/dev/null || continue
+    read -r max < "$dir/memory.max" 2>/dev/null
+    while read -r key value; do [ "$key" = usage_usec ] && { usage=$value; break; }; done < "$dir/cpu.stat"
+    echo "s $name $cur $max $usage"
+  done
+  echo "t $(date +%s%3N)"
+  sleep "$interval"
+done`;
+  return ['sh', '-c', script, 'markco-sampler', (intervalMs / 1000).toFixed(3), String(relistEvery)];
+}
+
+export interface ContainerSample {
+  name: string;
+  memoryBytes: number;
+  /** The cgroup's limit in force (`max`: none). */
+  limitBytes: number | null;
+  cpuUsageUsec: number;
+}
+
+/** One sampler line: a container's figures, the end of a sample (`t`), or null for anything else. */
+export function parseSamplerLine(line: string): { kind: 'sample'; sample: ContainerSample } | { kind: 'tick'; at: number } | null {
+  const parts = line.trim().split(' ');
+  if (parts[0] === 't' && parts.length === 2 && /^\d+$/.test(parts[1]!)) return { kind: 'tick', at: Number(parts[1]) };
+  if (parts[0] !== 's' || parts.length !== 5) return null;
+  const [, name, cur, max, usage] = parts as [string, string, string, string, string];
+  if (!/^\d+$/.test(cur) || !/^\d+$/.test(usage) || !(max === 'max' || /^\d+$/.test(max))) return null;
+  return { kind: 'sample', sample: { name, memoryBytes: Number(cur), limitBytes: max === 'max' ? null : Number(max), cpuUsageUsec: Number(usage) } };
+}

@@ -310,9 +310,15 @@ export function createSnapshotActivities(deps: ActivityDeps) {
      * Records the snapshot (named or idle) of the user's running runtime; an idle one marks the runtime
      * `checkpointing`. A name another live snapshot of the user holds is refused.
      */
-    async beginSnapshot(input: { snapshotId: string; userId: string; name: string; kind: 'named' | 'idle'; workflowId: string }): Promise<SnapshotPlan> {
+    async beginSnapshot(input: { snapshotId: string; userId: string; name: string; kind: 'named' | 'idle'; workflowId: string; idleSince?: number }): Promise<SnapshotPlan> {
       const runtime = await store.runtimes.live(input.userId);
       const existing = await store.snapshots.get(input.snapshotId);
+      if (!existing && input.idleSince !== undefined) {
+        // The monitor's idle is a few seconds old by now: a user who came back meanwhile keeps their runtime.
+        const seen = await store.pool.query<{ last_activity_at: Date | null }>(`SELECT last_activity_at FROM runtimes WHERE user_id = $1 AND kind = 'user' AND state NOT IN ('stopped', 'failed')`, [input.userId]);
+        const last = seen.rows[0]?.last_activity_at?.getTime() ?? 0;
+        if (last > input.idleSince) fail(ErrorType.Conflict, `user ${input.userId} came back (traffic at ${new Date(last).toISOString()}); the runtime stays`);
+      }
       const allowed = existing ? ['running', 'paused', 'checkpointing'] : ['running', 'paused'];
       if (!runtime?.hostId || !runtime.port || !runtime.address || !allowed.includes(runtime.state)) {
         fail(runtime ? ErrorType.Conflict : ErrorType.NotFound, runtime ? `the runtime of user ${input.userId} is ${runtime.state}; only a running runtime can be checkpointed` : `user ${input.userId} has no runtime`);

@@ -1,4 +1,5 @@
 import type { Agent } from 'node:http';
+import type { ActivityTracker } from '../lib/activity-tracker.js';
 import type { Operations } from '../lib/operations.js';
 import type { Store } from '../lib/store.js';
 import type { Tier } from '../lib/tiers.js';
@@ -17,6 +18,8 @@ export interface PlatformDeps {
   adminConfigured: boolean;
   upstreamAgent: Agent;
   tunnels: TunnelRegistry;
+  /** Traffic to a user's editor counts as activity: the monitor never takes that user for idle. */
+  activity: ActivityTracker;
   /** The tier ladder per plan, to check a migration target before starting it. */
   tiers: Record<Plan, Tier[]>;
 }

@@ -6,6 +6,7 @@ import { loadConfig, type Config } from '../lib/config.js';
 import { createPool, pingDatabase, type Pool } from '../lib/db.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { createOperations } from '../lib/operations.js';
+import { createActivityTracker } from '../lib/activity-tracker.js';
 import { createStore } from '../lib/store.js';
 import { defaultTierLadder } from '../lib/tiers.js';
 import { buildApp } from './app.js';
@@ -64,6 +65,7 @@ export async function createPlatform(opts: {
     adminConfigured: opts.http.adminToken !== undefined,
     upstreamAgent: createUpstreamAgent(),
     tunnels: new TunnelRegistry(),
+    activity: createActivityTracker(opts.pool),
     tiers: opts.tiers ?? defaultTierLadder,
   };
   return {

@@ -104,6 +104,8 @@ const ConfigSchema = z.object({
   MARKCO_USERS_DIR: optionalString,
   MARKCO_ARCHIVES_DIR: optionalString,
   MARKCO_IDLE_STOP_EDITOR: bool(false),
+  MARKCO_MONITOR_INTERVAL_MS: z.coerce.number({ error: 'expected milliseconds' }).int('expected whole milliseconds').min(100, 'expected 100 to 60000 ms').max(60_000, 'expected 100 to 60000 ms').default(2000),
+  MARKCO_IDLE_AFTER_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(1, 'expected 1 to 604800 seconds').max(604_800, 'expected 1 to 604800 seconds').default(900),
   MARKCO_RUNTIME_IMAGE: z.string().trim().min(1).default('localhost/markco-runtime:0.4.2'),
   MARKCO_EDITOR_IMAGE: z.string().trim().min(1).default('localhost/markco-editor-lite:0.1'),
   MARKCO_IMPORT_ALLOW_PRIVATE: bool(false),
@@ -180,6 +182,8 @@ export interface Config {
     /** An idle checkpoint also removes the editor; the next visit makes it again. */
     idleStopsEditor: boolean;
   };
+  /** The resource monitor's sampling interval and idle time. */
+  monitor: { intervalMs: number; idleAfterMs: number };
   tiers: Record<Plan, Tier[]>;
   cloud: CloudConfig;
 }
@@ -341,6 +345,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       archivesDir: resolve(c.MARKCO_ARCHIVES_DIR ?? join(c.MARKCO_DATA_DIR, 'archives')),
       idleStopsEditor: c.MARKCO_IDLE_STOP_EDITOR,
     },
+    monitor: { intervalMs: c.MARKCO_MONITOR_INTERVAL_MS, idleAfterMs: c.MARKCO_IDLE_AFTER_S * 1000 },
   };
 }
 

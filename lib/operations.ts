@@ -5,6 +5,7 @@ import type { ImportProjectInput, ImportProjectResult, LoginInput, LoginResult, 
 import type { MigrateRuntimeResult } from '../workflows/contracts/elastic.js';
 import { workflowIds } from '../workflows/contracts/operations.js';
 import {
+  idleSignal,
   idleUpdate,
   loginUpdate,
   migrateUpdate,
@@ -13,6 +14,7 @@ import {
   sandboxUpdate,
   snapshotUpdate,
   stopRuntimeUpdate,
+  type IdleEvent,
   type MigrateRequest,
   type OperationRef,
   type PressureSignal,
@@ -113,6 +115,17 @@ export function createOperations(client: Client, taskQueue: string) {
     async signalPressure(userId: string, event: PressureSignal): Promise<boolean> {
       try {
         await client.workflow.getHandle(workflowIds.runtime(userId)).signal(pressureSignal, event);
+        return true;
+      } catch (err) {
+        if (err instanceof WorkflowNotFoundError) return false;
+        throw err;
+      }
+    },
+
+    /** The monitor's idle-sleep for the user's entity; dropped (false) when the user has none running. */
+    async signalIdle(userId: string, event: IdleEvent): Promise<boolean> {
+      try {
+        await client.workflow.getHandle(workflowIds.runtime(userId)).signal(idleSignal, event);
         return true;
       } catch (err) {
         if (err instanceof WorkflowNotFoundError) return false;

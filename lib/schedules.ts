@@ -1,8 +1,9 @@
-import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client, type ScheduleOptionsStartWorkflowAction, type ScheduleUpdateOptions } from '@temporalio/client';
+import { ScheduleAlreadyRunning, WorkflowExecutionAlreadyStartedError, ScheduleOverlapPolicy, type Client, type ScheduleOptionsStartWorkflowAction, type ScheduleUpdateOptions } from '@temporalio/client';
 import type { ReapInstancesInput } from '../workflows/contracts/elastic.js';
 import { workflowIds } from '../workflows/contracts/operations.js';
 import type { reapInstances } from '../workflows/reaper.js';
 import type { expireSandboxes } from '../workflows/snapshots.js';
+import type { ResourceMonitorInput } from '../workflows/monitor.js';
 
 /** The reaper's schedule id (also the prefix of its runs' workflow ids: markco-reaper-<time>). */
 export const reaperScheduleId = workflowIds.reaper;
@@ -61,5 +62,19 @@ async function ensureSchedule(client: Client, scheduleId: string, definition: Sc
     // Keep an operator's pause: only the definition is brought up to date.
     await client.schedule.getHandle(scheduleId).update((previous) => ({ ...definition, state: { ...definition.state, paused: previous.state.paused, ...(previous.state.note ? { note: previous.state.note } : {}) } }) as never);
     return { created: false };
+  }
+}
+
+/**
+ * Starts the resource monitor (workflow `markco-monitor`) unless it runs; a running one keeps its
+ * input (terminate it to change the interval or the idle time). Returns whether it was started.
+ */
+export async function ensureResourceMonitor(client: Client, taskQueue: string, input: ResourceMonitorInput): Promise<{ started: boolean }> {
+  try {
+    await client.workflow.start('resourceMonitor', { workflowId: workflowIds.monitor, taskQueue, args: [input], workflowIdConflictPolicy: 'FAIL' });
+    return { started: true };
+  } catch (err) {
+    if (err instanceof WorkflowExecutionAlreadyStartedError) return { started: false };
+    throw err;
   }
 }

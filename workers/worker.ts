@@ -1,13 +1,16 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type LogLevel } from '@temporalio/worker';
 import type { EC2Client } from '@aws-sdk/client-ec2';
 import { ensureBucket } from '../activities/archive-store.js';
 import { createActivities, type ActivityDeps } from '../activities/index.js';
+import type { EntitySignals } from '../activities/monitor.js';
 import { HostShells } from '../activities/host-shell.js';
 import { createEc2Client, createS3Client } from '../lib/aws.js';
 import { loadConfig, type Config } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
+import { createOperations } from '../lib/operations.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { createStore, type Store } from '../lib/store.js';
 import { ensureSearchAttributes } from '../lib/temporal.js';
@@ -69,6 +72,9 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
   if (s3 && config.cloud.provider === 'simulated') await ensureBucket(s3, config.aws.snapshotBucket, config.aws.region);
   const archives = s3 ? { s3, bucket: config.aws.snapshotBucket, ...(config.aws.archives ?? { encryption: { kind: 'AES256' as const }, partBytes: 64 * 1024 * 1024 }) } : undefined;
   const connection = await NativeConnection.connect({ address: config.temporal.address });
+  // The resource monitor's activities signal users' entities through a client of their own.
+  const clientConnection = await Connection.connect({ address: config.temporal.address });
+  const entities = entitySignals(new Client({ connection: clientConnection, namespace: config.temporal.namespace }), config.temporal.taskQueue);
   try {
     await ensureSearchAttributes(connection, config.temporal.namespace);
     const bundle = config.temporal.workflowBundle;
@@ -77,7 +83,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
       connection,
       namespace: config.temporal.namespace,
       taskQueue: config.temporal.taskQueue,
-      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers, cloud: config.cloud, ...(archives ? { archives } : {}) },
+      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers, cloud: config.cloud, entities, ...(archives ? { archives } : {}) },
       workflowBundlePath: bundle,
     });
     log.info({ taskQueue: config.temporal.taskQueue, namespace: config.temporal.namespace }, 'worker polling');
@@ -90,7 +96,14 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
     s3?.destroy();
     await pool.end();
     await connection.close();
+    await clientConnection.close();
   }
+}
+
+/** The signals the monitor sends to users' entities (`runtime/<userId>`). */
+export function entitySignals(client: Client, taskQueue: string): EntitySignals {
+  const ops = createOperations(client, taskQueue);
+  return { pressure: (userId, event) => ops.signalPressure(userId, event), idle: (userId, event) => ops.signalIdle(userId, event) };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

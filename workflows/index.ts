@@ -6,3 +6,4 @@ export { registerHost } from './register-host.js';
 export { importProject, login, runtimeStats, stopRuntime } from './user-environment.js';
 export { userRuntime } from './user-runtime.js';
 export { deleteSnapshot, destroySandbox, expireSandboxes, forkSandbox, idleCheckpoint, restoreSnapshot, returnRuntime, snapshotRuntime } from './snapshots.js';
+export { resourceMonitor } from './monitor.js';

@@ -88,7 +88,7 @@ export async function idleCheckpoint(input: IdleCheckpointInput): Promise<IdleCh
   const undo: { name: string; run: () => Promise<unknown> }[] = [];
   let runtimeId: string | undefined;
   try {
-    const plan = await db.beginSnapshot({ snapshotId, userId: input.userId, name: `idle-${snapshotId.slice(0, 8)}`, kind: 'idle', workflowId: workflowInfo().workflowId });
+    const plan = await db.beginSnapshot({ snapshotId, userId: input.userId, name: `idle-${snapshotId.slice(0, 8)}`, kind: 'idle', workflowId: workflowInfo().workflowId, ...(input.idleSince !== undefined ? { idleSince: input.idleSince } : {}) });
     runtimeId = plan.runtime.runtimeId;
     tagOperation({ operation: Operation.idle, userId: input.userId, sourceHost: plan.runtime.hostId });
     undo.push({ name: 'resume the runtime', run: () => onHost.unpauseRuntime({ hostId: plan.runtime.hostId, containerName: plan.runtime.containerName }) });

@@ -23,6 +23,7 @@ import { Operation, workflowIds } from './contracts/operations.js';
 import {
   entityStateQuery,
   exclusiveKinds,
+  idleSignal,
   idleUpdate,
   loginUpdate,
   restoreSnapshotUpdate,
@@ -32,6 +33,7 @@ import {
   pressureSignal,
   stopRuntimeUpdate,
   type EntityOperationKind,
+  type IdleEvent,
   type MigrateRequest,
   type OperationRef,
   type PressureSignal,
@@ -275,6 +277,15 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     const decided = decide(policy, { runtimeId: event.runtimeId, hostId: event.hostId, usedBytes: event.usedBytes, ...(event.limitBytes !== undefined ? { limitBytes: event.limitBytes } : {}), at, source: event.source }, Date.now(), config);
     policy = decided.state;
     act(decided.action);
+  });
+
+  // idle-sleep from the monitor: only for the runtime where it is now, and never over another operation
+  // (a login in progress is a user coming back). Repeats while idle join the idle already running.
+  setHandler(idleSignal, (event: IdleEvent) => {
+    const idleSince = epochOf(event?.idleSince);
+    if (!event || !policy.placement || event.runtimeId !== policy.placement.runtimeId || !Number.isFinite(idleSince)) return;
+    if (running ? running.kind !== 'idle' : queue.length > 0) return;
+    request('idle', { userId, reason: 'idle', idleSince: Math.round(idleSince) }).catch(() => undefined);
   });
 
   // Handlers are registered above before anything awaits: the update that started this run is handled.

@@ -83,6 +83,7 @@ export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
         const { operationId } = await deps.operations.startLogin({ userId: user.id });
         return startingAnswer(req, reply, operationId, upstream?.state === 'checkpointed');
       }
+      deps.activity.touch(user.id);
       reply.hijack();
       const outcome = await forwardHttp(req.raw, reply.raw, { host: upstream.host, port: upstream.port, path: rest }, {
         agent: deps.upstreamAgent,
@@ -120,6 +121,8 @@ export function userProxyUpgrade(deps: PlatformDeps, log: { warn: (o: object, m:
         await deps.operations.startLogin({ userId: user.id }).catch(() => undefined);
         return refuse(socket, 503, 'Service Unavailable', 'the editor is starting; retry shortly');
       }
+      // Every message the user's browser sends (typing, running a cell) is activity.
+      socket.on('data', () => deps.activity.touch(user.id));
       const outcome = await forwardUpgrade(req, socket, head, { host: upstream.host, port: upstream.port, path: rest }, {
         tunnels: deps.tunnels,
         key: user.id,

@@ -11,7 +11,7 @@ import { ConfigError, loadConfig, type Config } from '../../lib/config.js';
 import { migrateUp } from '../../lib/db.js';
 import { createLogger, type Logger } from '../../lib/logger.js';
 import { repoRoot } from '../../lib/paths.js';
-import { ensureReaperSchedule, ensureSandboxExpirySchedule, reaperScheduleId, sandboxExpiryScheduleId } from '../../lib/schedules.js';
+import { ensureReaperSchedule, ensureResourceMonitor, ensureSandboxExpirySchedule, reaperScheduleId, sandboxExpiryScheduleId } from '../../lib/schedules.js';
 import { ensureSearchAttributes } from '../../lib/temporal.js';
 import { workflowIds, type RegisterHostInput } from '../../workflows/contracts/index.js';
 import type { registerHost } from '../../workflows/register-host.js';
@@ -289,6 +289,8 @@ async function ensureSchedules(config: Config, address: string, log: Logger): Pr
     log.info({ schedule: reaperScheduleId, created, taskQueue: config.temporal.taskQueue }, created ? 'reaper schedule created' : 'reaper schedule up to date');
     const expiry = await ensureSandboxExpirySchedule(client, config.temporal.taskQueue);
     log.info({ schedule: sandboxExpiryScheduleId, created: expiry.created }, expiry.created ? 'sandbox expiry schedule created' : 'sandbox expiry schedule up to date');
+    const monitor = await ensureResourceMonitor(client, config.temporal.taskQueue, config.monitor);
+    log.info({ workflowId: 'markco-monitor', started: monitor.started, ...config.monitor }, monitor.started ? 'resource monitor started' : 'resource monitor already running');
   } finally {
     await connection.close();
   }

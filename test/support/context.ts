@@ -16,7 +16,7 @@ import { createEc2Client, createS3Client } from '../../lib/aws.js';
 import type { CloudConfig } from '../../lib/config.js';
 import { createPool } from '../../lib/db.js';
 import { createStore, type Store } from '../../lib/store.js';
-import { createWorker } from '../../workers/worker.js';
+import { createWorker, entitySignals } from '../../workers/worker.js';
 import type { HostConnection } from '../../workflows/contracts/hosts.js';
 import { harnessStateEnv, startHarness, type HarnessState, type RunningHarness } from './harness.js';
 import type { NamespaceHostInfo } from './netns.js';
@@ -201,13 +201,20 @@ export async function startTestWorker(
 ): Promise<{ worker: Worker; taskQueue: string; connection: NativeConnection }> {
   quietTemporalRuntime();
   const connection = await NativeConnection.connect({ address: state.temporal.address });
+  const clientConnection = await Connection.connect({ address: state.temporal.address });
   const worker = await createWorker({
     connection,
     namespace: state.temporal.namespace,
     taskQueue,
-    deps: { environment: testEnvironment(state), cloud: testCloud(state), ...deps, ec2: emulatorEc2(state) },
+    deps: { environment: testEnvironment(state), cloud: testCloud(state), entities: entitySignals(new Client({ connection: clientConnection, namespace: state.temporal.namespace }), taskQueue), ...deps, ec2: emulatorEc2(state) },
     workflowBundlePath: state.workflowBundlePath,
     shutdownGraceTime: '2s',
   });
+  // Callers close `connection` once the worker has stopped: the monitor's client goes with it.
+  const closeNative = connection.close.bind(connection);
+  connection.close = async () => {
+    await closeNative();
+    await clientConnection.close();
+  };
   return { worker, taskQueue, connection };
 }

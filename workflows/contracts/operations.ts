@@ -22,6 +22,8 @@ export const Operation = {
   sandbox: 'sandbox',
   destroySandbox: 'destroy-sandbox',
   sandboxExpiry: 'sandbox-expiry',
+  /** The resource monitor: watches every ready host and signals users' entities. */
+  monitor: 'monitor',
 } as const;
 export type Operation = (typeof Operation)[keyof typeof Operation];
 
@@ -51,6 +53,7 @@ export const workflowIds = {
   deleteSnapshot: (userId: string, snapshotId: string) => `user/${userId}/snapshot/${snapshotId}/delete`,
   destroySandbox: (userId: string, sandboxId: string) => `user/${userId}/sandbox/${sandboxId}/destroy`,
   sandboxExpiry: 'markco-sandbox-expiry',
+  monitor: 'markco-monitor',
 };
 
 /** Lifecycle status values for the MarkcoStatus search attribute. */

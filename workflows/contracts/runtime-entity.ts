@@ -74,4 +74,15 @@ export const snapshotUpdate = defineUpdate<OperationRef, [SnapshotRuntimeInput]>
 export const restoreSnapshotUpdate = defineUpdate<OperationRef, [RestoreSnapshotInput]>('restoreSnapshot');
 export const sandboxUpdate = defineUpdate<OperationRef, [ForkSandboxInput]>('sandbox');
 export const pressureSignal = defineSignal<[PressureSignal]>('pressure');
+/** The monitor saw neither CPU nor the user's traffic for the idle time: checkpoint the runtime (idle-sleep). */
+export const idleSignal = defineSignal<[IdleEvent]>('idle');
+
+export interface IdleEvent {
+  runtimeId: string;
+  hostId: string;
+  /** Since when the runtime has been idle (epoch ms or ISO). */
+  idleSince: string | number;
+  at: string | number;
+  source: string;
+}
 export const entityStateQuery = defineQuery<EntityState>('entityState');

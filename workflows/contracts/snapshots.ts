@@ -13,6 +13,8 @@ export const sandboxTtl = { defaultSeconds: 3600, minSeconds: 10, maxSeconds: 86
 export interface IdleCheckpointInput {
   userId: string;
   reason?: 'idle' | 'operator';
+  /** The monitor's view (epoch ms): idle since then. Traffic from the user after it cancels the checkpoint (they came back). */
+  idleSince?: number;
 }
 
 export interface IdleCheckpointResult {
@@ -117,6 +119,7 @@ export function validateIdleCheckpointInput(input: IdleCheckpointInput): string[
   if (problems.length > 0) return problems;
   problems.push(...userProblems(input));
   if (input.reason !== undefined && !['idle', 'operator'].includes(input.reason)) problems.push('reason: expected idle or operator');
+  if (input.idleSince !== undefined && !(Number.isInteger(input.idleSince) && input.idleSince > 0)) problems.push('idleSince: expected epoch milliseconds');
   return problems;
 }
 
