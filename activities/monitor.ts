@@ -155,6 +155,8 @@ export function createMonitorActivities(deps: ActivityDeps) {
       let pending: ContainerSample[] = [];
       let buffered = '';
       const reader = await shell.openReader(hostSamplerArgs(input.intervalMs, 5), { signal: abort.signal, timeoutMs: input.forMs + 60_000 });
+      // Cancelled or stopped, the stream errors too: `reader.done` reports it, so this only keeps it from being uncaught.
+      reader.stdout.on('error', () => undefined);
       const deliver = async (d: Delivery) => {
         const sent = d.kind === 'pressure' ? await entities.pressure(d.userId, d.event) : await entities.idle(d.userId, d.event);
         if (sent) signals++;

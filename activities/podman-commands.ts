@@ -662,26 +662,40 @@ export function setCheckpointNetwork(configDump: string, network: string): strin
  * `s <container> <memory.current> <memory.max> <cpu usage_usec>` line per running runtime container,
  * then `t <epoch ms>`. Only shell builtins run per sample (the cgroup files are read with `read`); the
  * container list and their cgroup paths are refreshed every `relistEvery` samples with one `podman ps`.
- * cgroup v2 (the runtime AMI's and this machine's).
+ * cgroup v2, and v1 (this machine is a hybrid host: memory and cpuacct controllers on v1).
  */
 export function hostSamplerArgs(intervalMs: number, relistEvery: number): string[] {
   if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new Error('the sampling interval must be at least 100 ms');
   if (!Number.isInteger(relistEvery) || relistEvery < 1) throw new Error('relistEvery must be a positive whole number');
+  // Per container: "v2 <name> <dir>" on cgroup v2, "v1 <name> <memory dir> <cpuacct dir>" on v1 (hybrid hosts).
   const script = `interval=$1; relist=$2; n=0; paths=
 while :; do
   if [ $((n % relist)) = 0 ]; then
     paths=$(podman ps --filter label=ai.markco.role=runtime --format '{{.Names}} {{.Pid}}' 2>/dev/null | while read -r name pid; do
       [ -n "$pid" ] && [ "$pid" != 0 ] || continue
-      while IFS=: read -r id ctl path; do [ "$id" = 0 ] && echo "$name /sys/fs/cgroup$path"; done < "/proc/$pid/cgroup" 2>/dev/null
+      mem=; cpu=; uni=
+      while IFS=: read -r id ctl path; do
+        case "$ctl" in memory) mem=$path ;; cpuacct|cpu,cpuacct|cpuacct,cpu) cpu=$path ;; esac
+        [ "$id" = 0 ] && uni=$path
+      done < "/proc/$pid/cgroup" 2>/dev/null
+      if [ -n "$mem" ]; then echo "v1 $name /sys/fs/cgroup/memory$mem /sys/fs/cgroup/cpuacct$cpu"; elif [ -n "$uni" ]; then echo "v2 $name /sys/fs/cgroup$uni"; fi
     done)
   fi
   n=$((n + 1))
-  echo "$paths" | while read -r name dir; do
-    [ -n "$dir" ] || continue
+  echo "$paths" | while read -r v name dir cpudir; do
     cur=; max=; usage=
-    read -r cur < "$dir/memory.current" 2>/dev/null || continue
-    read -r max < "$dir/memory.max" 2>/dev/null
-    while read -r key value; do [ "$key" = usage_usec ] && { usage=$value; break; }; done < "$dir/cpu.stat"
+    case "$v" in
+      v2)
+        read -r cur < "$dir/memory.current" 2>/dev/null || continue
+        read -r max < "$dir/memory.max" 2>/dev/null
+        while read -r key value; do [ "$key" = usage_usec ] && { usage=$value; break; }; done < "$dir/cpu.stat" ;;
+      v1)
+        read -r cur < "$dir/memory.usage_in_bytes" 2>/dev/null || continue
+        read -r max < "$dir/memory.limit_in_bytes" 2>/dev/null
+        [ \${#max} -ge 19 ] && max=max
+        read -r ns < "$cpudir/cpuacct.usage" 2>/dev/null && usage=$((ns / 1000)) ;;
+      *) continue ;;
+    esac
     echo "s $name $cur $max $usage"
   done
   echo "t $(date +%s%3N)"

@@ -1,0 +1,176 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, test } from 'node:test';
+import { DescribeInstancesCommand, type EC2Client } from '@aws-sdk/client-ec2';
+import type { Client } from '@temporalio/client';
+import type { Worker } from '@temporalio/worker';
+import { request } from 'undici';
+import { WebSocket } from 'ws';
+import type { HostShells } from '../../activities/host-shell.js';
+import { cgroupMemoryLimitArgs, parseCgroupMemoryLimit } from '../../activities/podman-commands.js';
+import { waitFor } from '../../infra/dev/processes.js';
+import type { BootWatcher } from '../../infra/dev/simulated-cloud.js';
+import { connectionOf } from '../../lib/store.js';
+import { defaultTierLadder } from '../../lib/tiers.js';
+import type { ResourceMonitorInput } from '../../workflows/monitor.js';
+import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { startTestEdge, type RunningEdge } from '../support/edge.js';
+import { hostEnvShell } from '../support/netns.js';
+
+const MiB = 1024 * 1024;
+
+/** A worker, an edge and the resource monitor (its own workflow on the test's queue), for one describe. */
+function monitoredStack(monitorInput: ResourceMonitorInput, opts: { cloud?: boolean } = {}) {
+  const h = useHarness();
+  const s = {
+    h,
+    db: undefined as unknown as TestDatabase,
+    shells: undefined as unknown as HostShells,
+    edge: undefined as unknown as RunningEdge,
+    temporal: undefined as unknown as { client: Client; close: () => Promise<void> },
+    watcher: undefined as BootWatcher | undefined,
+    ec2: undefined as EC2Client | undefined,
+    deploymentId: `mon-${randomBytes(3).toString('hex')}`,
+    users: [] as { id: string; cookie: string }[],
+  };
+  let worker: Worker;
+  let running: Promise<void>;
+  let closeWorker: () => Promise<void>;
+  const monitorId = `test-monitor-${randomBytes(3).toString('hex')}`;
+
+  before(async () => {
+    s.db = await freshDatabase(h.state);
+    s.shells = testShells(h.state);
+    await registerBaseHost(s.db.store, s.shells);
+    if (opts.cloud) {
+      s.watcher = startTestBootWatcher(h.state, { deploymentId: s.deploymentId });
+      s.ec2 = emulatorEc2(h.state);
+    }
+    const started = await startTestWorker(h.state, { store: s.db.store, shells: s.shells, cloud: testCloud(h.state, { deploymentId: s.deploymentId }) });
+    worker = started.worker;
+    running = worker.run();
+    closeWorker = () => started.connection.close();
+    s.edge = await startTestEdge(h.state, s.db, started.taskQueue);
+    s.temporal = await temporalClient(h.state);
+    await s.temporal.client.workflow.start('resourceMonitor', { workflowId: monitorId, taskQueue: started.taskQueue, args: [monitorInput] });
+  });
+
+  after(async () => {
+    await s.temporal?.client.workflow.getHandle(monitorId).terminate('test over').catch(() => undefined);
+    await s.edge?.close();
+    worker?.shutdown();
+    await running;
+    await closeWorker?.();
+    for (const u of s.users) {
+      await hostEnvShell(h.state.baseHost).run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${u.id}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
+    }
+    await s.watcher?.stop();
+    s.ec2?.destroy();
+    await s.temporal?.close();
+    await s.shells?.closeAll();
+    await s.db?.drop();
+  });
+
+  const signIn = async (email: string) => {
+    const login = await request(`${s.edge.url}/auth/dev/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email }) });
+    const user = { id: ((await login.body.json()) as { user: { id: string } }).user.id, cookie: String(login.headers['set-cookie']).split(';')[0]! };
+    s.users.push(user);
+    await waitFor('the runtime and editor to run', async () => {
+      const r = await request(`${s.edge.url}/dashboard`, { headers: { cookie: user.cookie, accept: 'application/json' } });
+      const d = (await r.body.json()) as { runtime: { state: string }; editor: { state: string } };
+      if (d.runtime.state !== 'running' || d.editor.state !== 'running') throw new Error(JSON.stringify(d));
+    }, { timeoutMs: 90_000, intervalMs: 250 });
+    return user;
+  };
+  const runtimeOf = async (userId: string) => (await s.db.store.runtimes.live(userId))!;
+  /** MRP through the edge, as the editor's browser code calls it. */
+  const execute = async (user: { id: string; cookie: string }, code: string) => {
+    const rt = await runtimeOf(user.id);
+    const r = await request(`${s.edge.url}/u/${user.id}/proxy/${rt.port}/mrp/v1/execute`, { method: 'POST', headers: { cookie: user.cookie, 'content-type': 'application/json' }, body: JSON.stringify({ code }), headersTimeout: 120_000, bodyTimeout: 120_000 });
+    const text = await r.body.text();
+    assert.equal(r.statusCode, 200, text);
+    return JSON.parse(text) as { result: string | null; executionCount: number };
+  };
+  return { s, signIn, runtimeOf, execute };
+}
+
+describe('resource monitor: memory filling step by step', () => {
+  const { s, signIn, runtimeOf, execute } = monitoredStack({ intervalMs: 500, idleAfterMs: 3_600_000, rescanMs: 2000 }, { cloud: true });
+
+  test('50% reserves the next tier, 75% migrates onto it, each once; the runtime keeps running with the new limit', async () => {
+    const user = await signIn('filling@example.test');
+    await execute(user, 'x = 42');
+    await execute(user, ["class Holder:", "    def __init__(self): self.parts = []", "    def __repr__(self): return f'<Holder {len(self.parts)}>'", 'held = Holder()'].join('\n'));
+    const limit = (await runtimeOf(user.id)).memoryLimitBytes;
+    let reservedAtPercent: number | null = null;
+    for (let step = 0; step < 14; step++) {
+      const rt = await runtimeOf(user.id);
+      if (rt.state !== 'running') break;
+      const used = Number((await execute(user, 'held.parts.append(bytearray(b"\\x01") * (12 * 1024 * 1024)); len(held.parts)')).result) * 12 * MiB;
+      await sleep(1500);
+      const reserved = await s.db.pool.query(`SELECT id FROM hosts WHERE reserved_for = $1`, [user.id]);
+      if (reservedAtPercent === null && reserved.rows.length > 0) reservedAtPercent = Math.round((used / limit) * 100);
+      if ((await s.db.pool.query(`SELECT 1 FROM migrations WHERE user_id = $1`, [user.id])).rows.length > 0) break;
+    }
+    assert.ok(reservedAtPercent !== null, 'a host was reserved on the way up');
+    const moved = await waitFor('the runtime to run on the reserved EC2 host', async () => {
+      const rt = await runtimeOf(user.id);
+      if (rt.state !== 'running' || rt.hostId === 'base') throw new Error(`${rt.state} on ${rt.hostId}`);
+      return rt;
+    }, { timeoutMs: 240_000, intervalMs: 500 });
+    assert.equal(moved.tier, 't3.small');
+    const host = (await s.db.store.hosts.get(moved.hostId!))!;
+    assert.equal(host.reservedFor ?? user.id, user.id);
+    const cgroup = parseCgroupMemoryLimit((await s.shells.for(connectionOf(host)).run(cgroupMemoryLimitArgs(moved.containerName))).stdout);
+    assert.equal(cgroup, defaultTierLadder.free.find((t) => t.name === 't3.small')!.memoryBytes, 'the new limit is in force');
+    assert.equal((await execute(user, 'x')).result, '42');
+    // Readings keep coming from the new host (the monitor follows the move); nothing fires again.
+    await sleep(4000);
+    const migrations = await s.db.pool.query(`SELECT status FROM migrations WHERE user_id = $1`, [user.id]);
+    assert.deepEqual(migrations.rows, [{ status: 'completed' }], 'one migration');
+    const instances = await s.ec2!.send(new DescribeInstancesCommand({ Filters: [{ Name: 'tag:markco:user', Values: [user.id] }, { Name: 'tag:markco:deployment', Values: [s.deploymentId] }] }));
+    assert.equal((instances.Reservations ?? []).flatMap((r) => r.Instances ?? []).length, 1, 'one instance: the reserved one was used');
+  });
+});
+
+describe('resource monitor: idle-sleep', () => {
+  const idleAfterMs = 20_000;
+  const { s, signIn, runtimeOf, execute } = monitoredStack({ intervalMs: 500, idleAfterMs, rescanMs: 2000 });
+
+  test('a runtime with no CPU and no traffic is checkpointed; one whose user types, or one running a long loop, is not', async () => {
+    const [quiet, typing, looping] = [await signIn('quiet@example.test'), await signIn('typing@example.test'), await signIn('looping@example.test')];
+    for (const u of [quiet, typing, looping]) await execute(u, 'x = 42');
+    // The typing user's browser keeps a WebSocket to the editor and sends on it.
+    const ws = new WebSocket(`${s.edge.url.replace('http', 'ws')}/u/${typing.id}/events`, { headers: { cookie: typing.cookie } });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    const keys = setInterval(() => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ type: 'keystroke', at: Date.now() })), 2000);
+    // The looping user's cell burns CPU for longer than the test watches (its answer is not awaited).
+    const loop = execute(looping, 'import time\nend = time.time() + 75\nwhile time.time() < end: pass\n1').catch(() => undefined);
+    try {
+      const started = Date.now();
+      await waitFor('the quiet runtime to be checkpointed', async () => {
+        if ((await runtimeOf(quiet.id)).state !== 'checkpointed') throw new Error((await runtimeOf(quiet.id)).state);
+      }, { timeoutMs: 90_000, intervalMs: 500 });
+      assert.ok(Date.now() - started >= idleAfterMs - 5000, 'not before the idle time');
+      const events = await s.db.pool.query(`SELECT workflow_id FROM events WHERE type = 'runtime.idle-checkpoint-started' AND user_id = $1`, [quiet.id]);
+      assert.equal(events.rows.length, 1, 'one idle checkpoint');
+      await sleep(8000);
+      assert.equal((await runtimeOf(typing.id)).state, 'running', 'the typing user keeps their runtime');
+      assert.equal((await runtimeOf(looping.id)).state, 'running', 'a busy kernel is never idle');
+    } finally {
+      clearInterval(keys);
+      ws.close();
+    }
+    await loop;
+    // The quiet user comes back: the same kernel.
+    await request(`${s.edge.url}/dashboard`, { headers: { cookie: quiet.cookie, accept: 'application/json' } }).then((r) => r.body.text());
+    await waitFor('the quiet runtime to be back', async () => {
+      if ((await runtimeOf(quiet.id)).state !== 'running') throw new Error('not yet');
+    }, { timeoutMs: 120_000, intervalMs: 500 });
+    assert.equal((await execute(quiet, 'x')).result, '42');
+  });
+});
