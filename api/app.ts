@@ -4,6 +4,7 @@ import type { PlatformDeps } from './platform.js';
 import errors from './plugins/errors.js';
 import { computeRoutes } from './routes/compute.js';
 import { snapshotRoutes } from './routes/snapshots.js';
+import { hookRoutes } from './routes/hooks.js';
 import { healthRoutes, type HealthChecks } from './routes/health.js';
 import { projectRoutes } from './routes/projects.js';
 import { sessionRoutes } from './routes/session.js';
@@ -41,6 +42,7 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     app.register(sessionRoutes(platform));
     app.register(computeRoutes(platform));
     app.register(snapshotRoutes(platform));
+    app.register(hookRoutes(platform));
     app.register(projectRoutes(platform));
     app.register(userProxyRoutes(platform));
     app.server.on('upgrade', userProxyUpgrade(platform, app.log));

@@ -15,7 +15,7 @@ import { connectionOf } from '../../lib/store.js';
 import { defaultTierLadder } from '../../lib/tiers.js';
 import type { ResourceMonitorInput } from '../../workflows/monitor.js';
 import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from '../support/context.js';
-import { startTestEdge, type RunningEdge } from '../support/edge.js';
+import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
 import { hostEnvShell } from '../support/netns.js';
 
 const MiB = 1024 * 1024;
@@ -172,5 +172,26 @@ describe('resource monitor: idle-sleep', () => {
       if ((await runtimeOf(quiet.id)).state !== 'running') throw new Error('not yet');
     }, { timeoutMs: 120_000, intervalMs: 500 });
     assert.equal((await execute(quiet, 'x')).result, '42');
+  });
+
+  test('POST /hooks/resource: external events need the operators\' token, are checked, and reach the user\'s entity', async () => {
+    const user = s.users[0]!;
+    const rt = await runtimeOf(user.id);
+    const hook = async (body: unknown, token = true) => {
+      const r = await request(`${s.edge.url}/hooks/resource`, { method: 'POST', headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${testAdminToken}` } : {}) }, body: JSON.stringify(body) });
+      return { status: r.statusCode, json: (await r.body.json()) as Record<string, any> };
+    };
+    const reading = { type: 'memory', runtime_id: rt.id, memory_used: Math.round(rt.memoryLimitBytes * 0.2), timestamp: new Date().toISOString() };
+    assert.equal((await hook(reading, false)).status, 401, 'the seeds took events from anyone');
+    const noType = await hook({ runtime_id: rt.id });
+    assert.equal(noType.status, 400);
+    assert.match(noType.json.message, /type: expected one of/);
+    assert.equal((await hook({ ...reading, runtime_id: '00000000-0000-4000-8000-000000000000' })).status, 404);
+    assert.match((await hook({ type: 'migrate', runtime_id: rt.id })).json.message, /memory_used: a migrate event needs the memory in use/);
+    const ok = await hook(reading);
+    assert.deepEqual([ok.status, ok.json], [202, { received: true, delivered: true }]);
+    assert.equal((await hook({ type: 'gpu-hint', runtime_id: rt.id })).status, 202);
+    const recorded = await s.db.pool.query(`SELECT type FROM events WHERE user_id = $1 AND type LIKE 'resource.%' ORDER BY id`, [user.id]);
+    assert.deepEqual(recorded.rows.map((r) => r.type), ['resource.memory', 'resource.gpu-hint']);
   });
 });
