@@ -35,7 +35,7 @@ import {
 } from './podman-commands.js';
 import { streamFileBetweenHosts, TarMemberRewriter } from './transfer.js';
 import { basePathOf, containerUserFor, runtimeContainerPort } from './user-containers.js';
-import { containerStatus } from './user-environment.js';
+import { containerStatus, editorPlacement, runtimePlacement } from './user-environment.js';
 
 /** Where archives go in S3; without it (the embedded stack) archives stay on the base server only. */
 export interface ArchiveBucket extends ArchiveStoreOptions {
@@ -164,23 +164,11 @@ export function createSnapshotActivities(deps: ActivityDeps) {
   const archivePath = (dir: string, userId: string, snapshotId: string) => posix.join(dir, userId, `${snapshotId}.tar`);
   const scratchFor = (kind: 'snapshot' | 'restore' | 'sandbox', id: string) => posix.join(scratchDir, `${kind}s`, id);
 
-  const placementOf = (r: { id: string; hostId: string | null; containerName: string; port: number | null; address: string | null; state: string; tier: string; memoryLimitBytes: number; cpuLimit: number }): RuntimePlacement => ({
-    runtimeId: r.id,
-    hostId: r.hostId!,
-    containerName: r.containerName,
-    port: r.port!,
-    address: r.address!,
-    state: r.state,
-    tier: r.tier,
-    memoryLimitBytes: r.memoryLimitBytes,
-    cpuLimit: r.cpuLimit,
-  });
-
   async function editorOf(userId: string): Promise<EditorPlacement | null> {
     const editor = await store.editors.live(userId);
     const host = editor ? await store.hosts.get(editor.hostId) : undefined;
     if (!editor || !host || !editor.port || !editor.syncPort) return null;
-    return { editorId: editor.id, hostId: editor.hostId, containerName: editor.containerName, port: editor.port, syncPort: editor.syncPort, address: reachableAddressOf(host), state: editor.state, url: basePathOf(userId) };
+    return editorPlacement(editor, reachableAddressOf(host));
   }
 
   async function rootsOf(hostId: string): Promise<StorageRoots> {
@@ -344,7 +332,7 @@ export function createSnapshotActivities(deps: ActivityDeps) {
         userId: input.userId,
         name: input.name,
         kind: input.kind,
-        runtime: placementOf(runtime),
+        runtime: runtimePlacement(runtime),
         runtimeState: existing ? 'running' : (runtime.state as 'running' | 'paused'),
         hostKind: host.kind === 'base' ? 'base' : 'ec2',
         baseHostId: env.baseHostId,
@@ -594,7 +582,7 @@ export function createSnapshotActivities(deps: ActivityDeps) {
         userId: input.userId,
         snapshotId: snapshot.id,
         snapshotName: snapshot.name,
-        runtime: placementOf(runtime),
+        runtime: runtimePlacement(runtime),
         containerName: restoredContainerName(input.userId, input.restoreId),
         editor: await editorOf(input.userId),
         containerUser: await containerUser(),
@@ -631,7 +619,7 @@ export function createSnapshotActivities(deps: ActivityDeps) {
       const expiresAt = existing?.expiresAt ?? new Date(Date.now() + input.ttlSeconds * 1000);
       const home = posix.join(scratchFor('sandbox', input.sandboxId), 'home');
       await store.sandboxes.begin({ id: input.sandboxId, userId: input.userId, parentRuntimeId: runtime.id, containerName: sandboxContainerName(input.sandboxId), hostId, image: runtime.image, tier: runtime.tier, memoryLimitBytes: runtime.memoryLimitBytes, cpuLimit: runtime.cpuLimit, expiresAt, home });
-      return { sandboxId: input.sandboxId, userId: input.userId, runtime: placementOf(runtime), hostId, containerName: sandboxContainerName(input.sandboxId), home, expiresAt: expiresAt.toISOString() };
+      return { sandboxId: input.sandboxId, userId: input.userId, runtime: runtimePlacement(runtime), hostId, containerName: sandboxContainerName(input.sandboxId), home, expiresAt: expiresAt.toISOString() };
     },
 
     /**

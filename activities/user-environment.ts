@@ -158,7 +158,8 @@ async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs:
   }
 }
 
-const runtimePlacement = (r: RuntimeRecord): RuntimePlacement => ({
+/** The placement workflows exchange, from a runtime row that has a host (the callers check). */
+export const runtimePlacement = (r: RuntimeRecord): RuntimePlacement => ({
   runtimeId: r.id,
   hostId: r.hostId!,
   containerName: r.containerName,
@@ -170,7 +171,7 @@ const runtimePlacement = (r: RuntimeRecord): RuntimePlacement => ({
   cpuLimit: r.cpuLimit,
 });
 
-const editorPlacement = (e: EditorRecord, address: string): EditorPlacement => ({
+export const editorPlacement = (e: EditorRecord, address: string): EditorPlacement => ({
   editorId: e.id,
   hostId: e.hostId,
   containerName: e.containerName,

@@ -22,7 +22,7 @@ import { Operation, workflowIds } from './contracts/operations.js';
 import type { RuntimePlacement } from './contracts/user-environment.js';
 import { userIdPattern } from './contracts/users.js';
 import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
-import { hostCommand, quick } from './options.js';
+import { heartbeatingWait, hostCommand, quick } from './options.js';
 import { provisionHost } from './provision-host.js';
 
 /** Critical pressure arrived while this migration runs: pause the source now if the dump has not started. */
@@ -30,11 +30,7 @@ export const escalateSignal = defineSignal('escalate');
 
 const db = proxyActivities<Activities>(quick);
 const onHost = proxyActivities<Activities>(hostCommand);
-const waiting = proxyActivities<Activities>({
-  startToCloseTimeout: '3m',
-  heartbeatTimeout: '30s',
-  retry: { initialInterval: '1s', maximumAttempts: 3, nonRetryableErrorTypes: permanentErrorTypes },
-});
+const waiting = proxyActivities<Activities>(heartbeatingWait);
 /** Cleanup after the commit keeps trying: the user already runs on the target, only leftovers are at stake. */
 const cleanup = proxyActivities<Activities>({
   startToCloseTimeout: '2m',

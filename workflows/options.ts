@@ -12,3 +12,10 @@ export const hostCommand: ActivityOptions = {
   startToCloseTimeout: '2m',
   retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10, nonRetryableErrorTypes: permanentErrorTypes },
 };
+
+/** Health waits and home syncs: they poll inside one activity and heartbeat, so a dead worker shows within 30 s. */
+export const heartbeatingWait: ActivityOptions = {
+  startToCloseTimeout: '3m',
+  heartbeatTimeout: '30s',
+  retry: { initialInterval: '1s', maximumAttempts: 3, nonRetryableErrorTypes: permanentErrorTypes },
+};

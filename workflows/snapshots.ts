@@ -23,18 +23,14 @@ import {
   type SnapshotRuntimeInput,
   type SnapshotRuntimeResult,
 } from './contracts/snapshots.js';
-import type { SandboxResult } from '../activities/snapshots.js';
+import type { SandboxResult, SnapshotPlan } from '../activities/snapshots.js';
 import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
 import { acquireHost, checkpointWhenIdle } from './migrate.js';
-import { hostCommand, quick } from './options.js';
+import { heartbeatingWait, hostCommand, quick } from './options.js';
 
 const db = proxyActivities<Activities>(quick);
 const onHost = proxyActivities<Activities>(hostCommand);
-const waiting = proxyActivities<Activities>({
-  startToCloseTimeout: '3m',
-  heartbeatTimeout: '30s',
-  retry: { initialInterval: '1s', maximumAttempts: 3, nonRetryableErrorTypes: permanentErrorTypes },
-});
+const waiting = proxyActivities<Activities>(heartbeatingWait);
 /** Checkpoint, copy, upload and restore heartbeat their progress; their length follows the archive's. */
 const bulk = proxyActivities<Activities>({
   startToCloseTimeout: '2h',
@@ -75,6 +71,37 @@ function stepper(): { set(s: string): void; get(): string } {
 }
 
 /**
+ * Checkpoints the runtime into an archive on its host, brings it to the base server if it was made
+ * elsewhere, and uploads it to S3: what an idle checkpoint and a named snapshot share.
+ */
+async function archiveRuntime(plan: SnapshotPlan, step: { set(s: string): void }, opts: { pauseAfter: boolean }) {
+  const { snapshotId, runtime } = plan;
+  step.set('checkpoint');
+  const archive = await checkpointWhenIdle(
+    () => bulk.checkpointToArchive({ snapshotId, hostId: runtime.hostId, containerName: runtime.containerName, path: plan.hostArchivePath, pauseAfter: opts.pauseAfter, wasPaused: plan.runtimeState === 'paused' }),
+    false,
+  );
+  if (runtime.hostId !== plan.baseHostId) {
+    step.set('copy-to-base');
+    await bulk.keepArchiveOnBase({ snapshotId, fromHostId: runtime.hostId, fromPath: plan.hostArchivePath, toPath: plan.baseArchivePath, sha256: archive.sha256 });
+  }
+  step.set('upload');
+  const uploaded = await bulk.uploadArchive({ snapshotId });
+  return { archive, uploaded };
+}
+
+/** Restores a snapshot on a host; a base-server copy that fails its checksum is replaced by S3's, the archive as it was checkpointed. */
+async function restoreArchive(input: Parameters<Activities['restoreSnapshotOnHost']>[0]) {
+  try {
+    return await bulk.restoreSnapshotOnHost(input);
+  } catch (err) {
+    if (failureType(err) !== ErrorType.ChecksumMismatch) throw err;
+    log.warn('the local archive failed its checksum; restoring from S3', { error: errorMessage(err) });
+    return bulk.restoreSnapshotOnHost({ ...input, skipLocal: true });
+  }
+}
+
+/**
  * The user went idle: the runtime is checkpointed into an archive kept on the base server and in S3,
  * its container removed and its EC2 host (if any) terminated, so it costs nothing until the next visit.
  * Anything failing before the commit leaves it running where it was.
@@ -93,17 +120,7 @@ export async function idleCheckpoint(input: IdleCheckpointInput): Promise<IdleCh
     tagOperation({ operation: Operation.idle, userId: input.userId, sourceHost: plan.runtime.hostId });
     undo.push({ name: 'resume the runtime', run: () => onHost.unpauseRuntime({ hostId: plan.runtime.hostId, containerName: plan.runtime.containerName }) });
 
-    step.set('checkpoint');
-    const archive = await checkpointWhenIdle(
-      () => bulk.checkpointToArchive({ snapshotId, hostId: plan.runtime.hostId, containerName: plan.runtime.containerName, path: plan.hostArchivePath, pauseAfter: true, wasPaused: plan.runtimeState === 'paused' }),
-      false,
-    );
-    if (plan.runtime.hostId !== plan.baseHostId) {
-      step.set('copy-to-base');
-      await bulk.keepArchiveOnBase({ snapshotId, fromHostId: plan.runtime.hostId, fromPath: plan.hostArchivePath, toPath: plan.baseArchivePath, sha256: archive.sha256 });
-    }
-    step.set('upload');
-    const uploaded = await bulk.uploadArchive({ snapshotId });
+    const { archive, uploaded } = await archiveRuntime(plan, step, { pauseAfter: true });
 
     step.set('commit');
     const committed = await db.commitIdle({ userId: input.userId, runtimeId: plan.runtime.runtimeId, snapshotId, hostId: plan.runtime.hostId, containerName: plan.runtime.containerName, port: plan.runtime.port });
@@ -181,16 +198,7 @@ export async function returnRuntime(input: ReturnRuntimeInput): Promise<ReturnRu
     if (target.hostId !== plan.baseHostId) await waiting.syncHome({ migrationId: uuid4(), userId: input.userId, sourceHostId: plan.baseHostId, targetHostId: target.hostId });
 
     step.set('restore');
-    const restoreInput = { userId: input.userId, snapshotId, hostId: target.hostId, containerName: plan.containerName, port: leased.port, memoryBytes: plan.to.memoryBytes, cpus: plan.to.cpus };
-    let restored;
-    try {
-      restored = await bulk.restoreSnapshotOnHost(restoreInput);
-    } catch (err) {
-      // The base server's copy is damaged: S3's is the archive as it was checkpointed.
-      if (failureType(err) !== ErrorType.ChecksumMismatch) throw err;
-      log.warn('the local archive failed its checksum; restoring from S3', { error: errorMessage(err) });
-      restored = await bulk.restoreSnapshotOnHost({ ...restoreInput, skipLocal: true });
-    }
+    const restored = await restoreArchive({ userId: input.userId, snapshotId, hostId: target.hostId, containerName: plan.containerName, port: leased.port, memoryBytes: plan.to.memoryBytes, cpus: plan.to.cpus });
 
     step.set('health');
     await waiting.waitForRuntime({ runtimeId: plan.runtimeId, address: leased.address, port: leased.port });
@@ -251,17 +259,7 @@ export async function snapshotRuntime(input: SnapshotRuntimeInput): Promise<Snap
     const plan = await db.beginSnapshot({ snapshotId, userId: input.userId, name, kind: 'named', workflowId: workflowInfo().workflowId });
     begun = true;
     tagOperation({ operation: Operation.snapshot, userId: input.userId, sourceHost: plan.runtime.hostId });
-    step.set('checkpoint');
-    const archive = await checkpointWhenIdle(
-      () => bulk.checkpointToArchive({ snapshotId, hostId: plan.runtime.hostId, containerName: plan.runtime.containerName, path: plan.hostArchivePath, pauseAfter: false, wasPaused: plan.runtimeState === 'paused' }),
-      false,
-    );
-    if (plan.runtime.hostId !== plan.baseHostId) {
-      step.set('copy-to-base');
-      await bulk.keepArchiveOnBase({ snapshotId, fromHostId: plan.runtime.hostId, fromPath: plan.hostArchivePath, toPath: plan.baseArchivePath, sha256: archive.sha256 });
-    }
-    step.set('upload');
-    const uploaded = await bulk.uploadArchive({ snapshotId });
+    const { archive, uploaded } = await archiveRuntime(plan, step, { pauseAfter: false });
     await db.finishSnapshot({ snapshotId });
     step.set('done');
     setStatus('completed');
@@ -296,14 +294,7 @@ export async function restoreSnapshot(input: RestoreSnapshotInput): Promise<Rest
     undo.push({ name: 'remove the restored copy', run: () => onHost.discardRestored({ hostId: runtime.hostId, containerName: plan.containerName, port: leased.port }) });
 
     step.set('restore');
-    const restoreInput = { userId: input.userId, snapshotId: plan.snapshotId, hostId: runtime.hostId, containerName: plan.containerName, port: leased.port, memoryBytes: runtime.memoryLimitBytes, cpus: runtime.cpuLimit };
-    let restored;
-    try {
-      restored = await bulk.restoreSnapshotOnHost(restoreInput);
-    } catch (err) {
-      if (failureType(err) !== ErrorType.ChecksumMismatch) throw err;
-      restored = await bulk.restoreSnapshotOnHost({ ...restoreInput, skipLocal: true });
-    }
+    const restored = await restoreArchive({ userId: input.userId, snapshotId: plan.snapshotId, hostId: runtime.hostId, containerName: plan.containerName, port: leased.port, memoryBytes: runtime.memoryLimitBytes, cpus: runtime.cpuLimit });
     step.set('health');
     await waiting.waitForRuntime({ runtimeId: runtime.runtimeId, address: leased.address, port: leased.port });
 
