@@ -22,7 +22,6 @@ import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import {
   entityStateQuery,
-  exclusiveKinds,
   idleSignal,
   idleUpdate,
   loginUpdate,
@@ -181,19 +180,16 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       if (stop?.userId !== userId) invalid([`invalid stopRuntime input: userId: this entity is ${userId}`]);
     },
   });
-  /** Refuses an exclusive request while another operation of the user runs or waits (the API's 409). */
-  function refuseWhileBusy(kind: EntityOperationKind): void {
-    const busy = running?.kind ?? queue[0]?.kind;
-    if (busy !== undefined) {
-      throw ApplicationFailure.create({ type: ErrorType.Conflict, message: `another operation (${busy}) of user ${userId} is running; try ${kind} again when it has finished`, nonRetryable: true });
-    }
-  }
+  /** Validates an exclusive request, then refuses it while another operation of the user runs or waits (the API's 409). */
   const exclusive = <T extends { userId: string }>(kind: EntityOperationKind, validate: (i: T) => string[]) => ({
     validator: (i: T) => {
       const problems = validate(i);
       if (problems.length === 0 && i.userId !== userId) problems.push(`userId: this entity is ${userId}`);
       if (problems.length > 0) invalid([`invalid ${kind} input: ${problems.join('; ')}`]);
-      if (exclusiveKinds.includes(kind)) refuseWhileBusy(kind);
+      const busy = running?.kind ?? queue[0]?.kind;
+      if (busy !== undefined) {
+        throw ApplicationFailure.create({ type: ErrorType.Conflict, message: `another operation (${busy}) of user ${userId} is running; try ${kind} again when it has finished`, nonRetryable: true });
+      }
     },
   });
   setHandler(idleUpdate, (i) => request('idle', i), exclusive('idle', validateIdleCheckpointInput));

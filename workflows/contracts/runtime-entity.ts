@@ -18,15 +18,13 @@ export interface UserRuntimeInput {
   scaleDownAfterMs?: number;
 }
 
-/** Which child an entity runs; each has a fixed workflow id per user (workflowIds.login / stopRuntime / migrate). */
-export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate' | 'idle' | 'snapshot' | 'restore' | 'sandbox';
-
 /**
- * Kinds that never join or queue behind another operation: a request while any operation of the user
- * runs or waits is refused (Conflict, the API's 409), since each names what it does (a snapshot's name,
- * the snapshot to restore) and would otherwise act on a runtime that changed meanwhile.
+ * Which child an entity runs; each has a fixed workflow id per user (workflowIds). Idle, snapshot,
+ * restore and sandbox never join or queue behind another operation: a request while any operation of
+ * the user runs or waits is refused (Conflict, the API's 409), since each names what it does (a
+ * snapshot's name, the snapshot to restore) and would otherwise act on a runtime that changed meanwhile.
  */
-export const exclusiveKinds: readonly EntityOperationKind[] = ['idle', 'snapshot', 'restore', 'sandbox'];
+export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate' | 'idle' | 'snapshot' | 'restore' | 'sandbox';
 
 /** What an update answers: the child run that does the work, as the compute API's operation id is made from it. */
 export interface OperationRef {
