@@ -207,9 +207,12 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     assert.equal((await execute('len(blob.b)')).result, String(220 * MiB));
     assert.equal(await runtimeContainers(), 1);
     assert.equal((await liveInstancesOfUser()).length, 1);
+    // The row says `deleted` once both copies are gone (the base server's first, then S3's).
     await waitFor('the used archive to be deleted', async () => {
-      if (existsSync(local)) throw new Error('still on the base server');
+      const snapshot = await db.store.snapshots.get(result.snapshotId);
+      if (snapshot?.state !== 'deleted') throw new Error(snapshot?.state ?? 'no row');
     }, { timeoutMs: 30_000, intervalMs: 250 });
+    assert.ok(!existsSync(local), 'gone from the base server');
     await assert.rejects(archives.s3.send(new HeadObjectCommand({ Bucket: archives.bucket, Key: result.s3Key })), /NotFound|404/, 'and its S3 copy');
   });
 
