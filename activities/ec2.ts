@@ -12,6 +12,7 @@ import {
 import { ApplicationFailure } from '@temporalio/common';
 import ssh2 from 'ssh2';
 import { instanceFamily, type CloudConfig } from '../lib/config.js';
+import type { GpuSettings } from '../lib/tiers.js';
 import type { HostRole } from '../workflows/contracts/elastic.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import { hostIdPattern } from '../workflows/contracts/hosts.js';
@@ -92,6 +93,8 @@ export interface Ec2ActivityDeps {
   ec2: Pick<EC2Client, 'send'>;
   /** Absent or provider `none`: launching hosts is refused with InvalidInput. */
   cloud?: CloudConfig;
+  /** GPU hosts are launched on its market. */
+  gpu?: Pick<GpuSettings, 'market'> | null;
 }
 
 export function describeInstance(i: Instance): InstanceDescription {
@@ -267,7 +270,9 @@ export function createEc2Activities(deps: Ec2ActivityDeps) {
         });
       let launched: InstanceDescription | undefined;
       const capacityProblems: string[] = [];
-      for (const spot of cloud.market === 'spot-then-on-demand' ? [true, false] : [false]) {
+      // GPU hosts have their own market (MARKCO_GPU_MARKET, spot first by default): the hop is worth a spot price.
+      const market = input.gpu && deps.gpu ? deps.gpu.market : cloud.market;
+      for (const spot of market === 'spot-then-on-demand' ? [true, false] : [false]) {
         try {
           launched = await launch(spot);
           break;

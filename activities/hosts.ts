@@ -4,7 +4,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { activitySignal, heartbeat } from './context.js';
 import type { CloudConfig } from '../lib/config.js';
 import { connectionOf, type HostRecord, type Store } from '../lib/store.js';
-import { defaultTierLadder, nextTier, type Tier } from '../lib/tiers.js';
+import { defaultTierLadder, gpuTierFor, nextTier, type GpuSettings, type Tier } from '../lib/tiers.js';
 import type { ProvisionedHost } from '../workflows/contracts/elastic.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import { hostIdPattern, minimumCriuVersion, type HostConnection, type HostFacts, type RegisterHostInput } from '../workflows/contracts/hosts.js';
@@ -21,6 +21,7 @@ export interface HostActivityDeps {
   /** Absent or provider `none`: no EC2 hosts (pre-provision refuses, the reaper has nothing to look at). */
   cloud?: CloudConfig;
   tiers?: Record<Plan, Tier[]>;
+  gpu?: GpuSettings | null;
 }
 
 /** Resolves a recorded host to its shell: the one way activities reach a host by id. */
@@ -270,8 +271,9 @@ export function createHostActivities(deps: HostActivityDeps) {
       const tiers = ladder()[user.plan];
       let tier: Tier | undefined;
       if (input.tier !== undefined) {
-        tier = tiers.find((t) => t.name === input.tier || t.instanceType === input.tier);
-        if (!tier) fail(ErrorType.InvalidInput, `tier: ${input.tier} is not on the ${user.plan} plan's ladder (${tiers.map((t) => t.name).join(', ')})`);
+        const gpu = gpuTierFor(deps.gpu, user.plan);
+        tier = [...tiers, ...(gpu ? [gpu] : [])].find((t) => t.name === input.tier || t.instanceType === input.tier);
+        if (!tier) fail(ErrorType.InvalidInput, `tier: ${input.tier} is not on the ${user.plan} plan's ladder (${tiers.map((t) => t.name).join(', ')}${gpu ? `, GPU ${gpu.name}` : ''})`);
       } else {
         const current = (await deps.store.runtimes.live(input.userId))?.tier ?? 'base';
         tier = nextTier(ladder(), user.plan, current);

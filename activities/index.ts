@@ -1,7 +1,7 @@
 import type { EC2Client } from '@aws-sdk/client-ec2';
 import type { CloudConfig } from '../lib/config.js';
 import type { Store } from '../lib/store.js';
-import type { Tier } from '../lib/tiers.js';
+import type { GpuSettings, Tier } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
 import { createEc2Activities } from './ec2.js';
 import { typedFailures } from './failures.js';
@@ -25,6 +25,8 @@ export interface ActivityDeps {
   archives?: ArchiveBucket;
   /** Signals to users' entities (the resource monitor's readings); the monitor cannot run without it. */
   entities?: EntitySignals;
+  /** The GPU hop (MARKCO_GPU_*); no runtime hops to a GPU host when absent or null. */
+  gpu?: GpuSettings | null;
 }
 
 function withTypedFailures<T extends Record<string, (...args: never[]) => Promise<unknown>>>(group: T): T {

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { reachableAddressOf, type HostRecord } from '../lib/store.js';
-import { defaultTierLadder, nextTier, smallestTierFor, tierNamed, type Tier } from '../lib/tiers.js';
+import { defaultTierLadder, gpuTierFor, nextTier, smallestTierFor, tierNamed, type Tier } from '../lib/tiers.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import type { MigrationTimings } from '../workflows/contracts/elastic.js';
 import type { EditorPlacement, RuntimePlacement } from '../workflows/contracts/user-environment.js';
@@ -31,6 +31,7 @@ import {
   readExportPipedArgs,
   relocateStoragePaths,
   sentProgressArgs,
+  setCheckpointImage,
   setCheckpointMemoryLimit,
   pauseArgs,
   removeContainerArgs,
@@ -253,6 +254,19 @@ export async function readFileHead(shell: HostShell, path: string, max: number, 
   return Buffer.concat(chunks);
 }
 
+/**
+ * The runtime image a restore on this host should use (GPU or CPU) with its id there, and the images a
+ * checkpoint may be moved between; undefined when no GPU hop is configured (nothing to swap).
+ */
+export async function runtimeImageOn(deps: Pick<ActivityDeps, 'gpu' | 'environment'>, shell: HostShell, gpu: boolean): Promise<{ name: string; id: string; swappable: string[] } | undefined> {
+  if (!deps.gpu) return undefined;
+  const name = gpu ? deps.gpu.runtimeImage : deps.environment.runtimeImage;
+  const inspected = await shell.run(['podman', 'image', 'inspect', '--format', '{{.Id}}', name], { timeoutMs: 30_000 }).catch((err: unknown) => {
+    throw ApplicationFailure.create({ type: ErrorType.HostUnsupported, message: `host ${shell.hostId} has no image ${name} for the runtime: ${(err as Error).message}`, nonRetryable: true });
+  });
+  return { name, id: inspected.stdout.trim().replace(/^sha256:/, ''), swappable: [deps.environment.runtimeImage, deps.gpu.runtimeImage] };
+}
+
 /** Sets the tier's limits on a restored runtime and checks them in its cgroup; answers the limit in force. */
 export async function applyTierLimits(shell: HostShell, container: string, memoryBytes: number, cpus: number): Promise<number> {
   await shell.run(updateMemoryArgs(container, memoryBytes, cpus), { timeoutMs: 30_000 });
@@ -282,6 +296,9 @@ export function createMigrationActivities(deps: ActivityDeps) {
    */
   function resolveAutoTier(plan: Plan, currentTier: string, usedBytes: number, reason: string): Tier {
     const fits = smallestTierFor(ladder, plan, usedBytes, 1.0);
+    // Off the GPU host (its work is idle, or its spot capacity is being reclaimed): the CPU tier that fits.
+    if (reason === 'gpu-idle' || reason === 'spot-interruption') return fits;
+    if (gpuTierFor(deps.gpu, plan)?.name === currentTier) fail(ErrorType.Conflict, `the runtime is on the GPU tier ${currentTier}; it leaves it when its GPU work is idle, not for memory`);
     const tiers = ladder[plan];
     const at = tiers.findIndex((t) => t.name === currentTier);
     if (reason === 'scale-down') {
@@ -293,10 +310,17 @@ export function createMigrationActivities(deps: ActivityDeps) {
     return tiers.indexOf(fits) > tiers.indexOf(up) ? fits : up;
   }
 
+  /** A tier of the plan's ladder, or its GPU tier, by name or instance type. */
+  function tierOfPlan(plan: Plan, name: string): Tier | undefined {
+    const gpu = gpuTierFor(deps.gpu, plan);
+    return tierNamed(ladder, plan, name) ?? ladder[plan].find((t) => t.instanceType === name) ?? (gpu && (gpu.name === name || gpu.instanceType === name) ? gpu : undefined);
+  }
+
   function resolveTier(plan: Plan, target: string): Tier {
-    const byName = tierNamed(ladder, plan, target) ?? ladder[plan].find((t) => t.instanceType === target);
+    const byName = tierOfPlan(plan, target);
     if (!byName) {
-      const names = ladder[plan].map((t) => t.name).join(', ');
+      const gpu = gpuTierFor(deps.gpu, plan);
+      const names = [...ladder[plan].map((t) => t.name), ...(gpu ? [`${gpu.name} (GPU)`] : [])].join(', ');
       fail(ErrorType.InvalidInput, `target: ${JSON.stringify(target)} is not a tier of the ${plan} plan (one of ${names})`);
     }
     return byName;
@@ -317,9 +341,10 @@ export function createMigrationActivities(deps: ActivityDeps) {
         fail(ErrorType.Conflict, `the runtime of user ${input.userId} is ${runtime.state}; only a running or paused runtime can be migrated`);
       }
       const to = input.target === 'auto' ? resolveAutoTier(user.plan, runtime.tier, input.usedBytes ?? runtime.memoryLimitBytes, input.reason) : resolveTier(user.plan, input.target);
-      const from = tierNamed(ladder, user.plan, runtime.tier) ?? { name: runtime.tier, instanceType: null, memoryBytes: runtime.memoryLimitBytes, cpus: runtime.cpuLimit, gpu: false };
+      const from = tierOfPlan(user.plan, runtime.tier) ?? { name: runtime.tier, instanceType: null, memoryBytes: runtime.memoryLimitBytes, cpus: runtime.cpuLimit, gpu: false };
       const { host: source } = await shellForHost(deps, runtime.hostId);
-      if (!existing && to.name === runtime.tier && !input.targetHostId) {
+      // A spot interruption moves the runtime to another host of the same tier when that is the one that fits.
+      if (!existing && to.name === runtime.tier && !input.targetHostId && input.reason !== 'spot-interruption') {
         fail(ErrorType.Conflict, `the runtime of user ${input.userId} is already on tier ${to.name} (host ${runtime.hostId})`);
       }
       if (input.targetHostId !== undefined) {
@@ -382,9 +407,11 @@ export function createMigrationActivities(deps: ActivityDeps) {
       };
     },
 
-    /** The entity's settings from the worker's configuration. */
-    async runtimePolicySettings(): Promise<{ scaleDownAfterMs: number }> {
-      return { scaleDownAfterMs: env.scaleDownAfterMs ?? 30 * 60_000 };
+    /** The entity's settings from the worker's configuration; the GPU tier is the user's plan's (null: none). */
+    async runtimePolicySettings(input?: { userId?: string }): Promise<{ scaleDownAfterMs: number; gpu: { tier: string; idleAfterMs: number } | null }> {
+      const user = input?.userId ? await store.users.get(input.userId) : undefined;
+      const gpu = user ? gpuTierFor(deps.gpu, user.plan) : undefined;
+      return { scaleDownAfterMs: env.scaleDownAfterMs ?? 30 * 60_000, gpu: gpu && deps.gpu ? { tier: gpu.name, idleAfterMs: deps.gpu.idleAfterMs } : null };
     },
 
     /** Where the user's runtime is now, for the entity's policy (null without a live runtime). */
@@ -499,6 +526,8 @@ export function createMigrationActivities(deps: ActivityDeps) {
       port: number;
       memoryBytes: number;
       cpus: number;
+      /** Restore on the CPU or the GPU runtime image (a hop onto or off a GPU host); the checkpoint's own when absent. */
+      image?: 'cpu' | 'gpu';
     }): Promise<CheckpointResult> {
       // ssh2 runs stream callbacks in the context of whichever activity opened the connection: heartbeat
       // through this activity's own context, captured here.
@@ -532,10 +561,13 @@ export function createMigrationActivities(deps: ActivityDeps) {
         source.shell.run(cgroupFreezerArgs(input.containerName), { timeoutMs: 30_000 }).then((r) => parseCgroupFreezer(r.stdout)),
       ]);
       const importMode: ImportMode = streamedImportVerified(targetPodman) ? 'stream' : 'file';
-      // The archive's paths move to the target's storage roots and its spec gets the target tier's limit.
-      const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (_name, data) =>
-        Buffer.from(setCheckpointMemoryLimit(relocateStoragePaths(data.toString('utf8'), fromRoots!, toRoots!), input.memoryBytes), 'utf8'),
-      );
+      const image = input.image ? await runtimeImageOn(deps, target.shell, input.image === 'gpu') : undefined;
+      // The archive's paths move to the target's storage roots, its spec gets the target tier's limit, and
+      // across a GPU hop its image becomes the target's runtime image.
+      const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (name, data) => {
+        const text = setCheckpointMemoryLimit(relocateStoragePaths(data.toString('utf8'), fromRoots!, toRoots!), input.memoryBytes);
+        return Buffer.from(name === 'config.dump' && image ? setCheckpointImage(text, image, image.swappable) : text, 'utf8');
+      });
       let phase = 'checkpoint';
       let progressBytes = 0;
       const abort = new AbortController();

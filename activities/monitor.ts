@@ -12,7 +12,7 @@ import { shellForHost } from './hosts.js';
 import type { ActivityDeps } from './index.js';
 import { hostSamplerArgs, parseSamplerLine, type ContainerSample } from './podman-commands.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
-import type { PressureSignal } from '../workflows/contracts/runtime-entity.js';
+import type { PressureSignal, WakeEvent } from '../workflows/contracts/runtime-entity.js';
 
 export interface IdleSignal {
   runtimeId: string;
@@ -27,6 +27,7 @@ export interface IdleSignal {
 export interface EntitySignals {
   pressure(userId: string, event: PressureSignal): Promise<boolean>;
   idle(userId: string, event: IdleSignal): Promise<boolean>;
+  wake(userId: string, event: WakeEvent): Promise<boolean>;
 }
 
 export interface MonitoredRuntime {
@@ -61,7 +62,7 @@ interface Tracked {
   idleSentAt: number;
 }
 
-export type Delivery = { kind: 'pressure'; userId: string; event: PressureSignal } | { kind: 'idle'; userId: string; event: IdleSignal };
+export type Delivery = { kind: 'pressure'; userId: string; event: PressureSignal } | { kind: 'idle'; userId: string; event: IdleSignal } | { kind: 'wake'; userId: string; event: WakeEvent };
 
 /** Pure: samples in, the signals worth sending out. */
 export class MonitorTracker {
@@ -92,7 +93,7 @@ export class MonitorTracker {
       if (level !== state.sentLevel || at - state.sentAt >= keepAliveMs) {
         state.sentLevel = level;
         state.sentAt = at;
-        out.push({ kind: 'pressure', userId: rt.userId, event: { runtimeId: rt.runtimeId, hostId: this.o.hostId, usedBytes: s.memoryBytes, limitBytes: limit, at, source: 'monitor' } });
+        out.push({ kind: 'pressure', userId: rt.userId, event: { runtimeId: rt.runtimeId, hostId: this.o.hostId, usedBytes: s.memoryBytes, limitBytes: limit, busyAt: state.lastBusyAt, at, source: 'monitor' } });
       }
       const idleSince = Math.max(state.lastBusyAt, rt.lastActivityAt ?? 0, rt.since);
       if (at - idleSince >= this.o.idleAfterMs) {
@@ -102,8 +103,10 @@ export class MonitorTracker {
           state.idleSentAt = at;
           out.push({ kind: 'idle', userId: rt.userId, event: { runtimeId: rt.runtimeId, hostId: this.o.hostId, idleSince, at, source: 'monitor' } });
         }
-      } else {
+      } else if (state.idleSent) {
+        // idle-wake: busy or used again after idle-sleep went out; an idle checkpoint not yet started is dropped.
         state.idleSent = false;
+        out.push({ kind: 'wake', userId: rt.userId, event: { runtimeId: rt.runtimeId, hostId: this.o.hostId, at, source: 'monitor' } });
       }
     }
     for (const key of this.tracked.keys()) if (!seen.has(key.slice(key.indexOf(':') + 1))) this.tracked.delete(key);
@@ -158,7 +161,7 @@ export function createMonitorActivities(deps: ActivityDeps) {
       // Cancelled or stopped, the stream errors too: `reader.done` reports it, so this only keeps it from being uncaught.
       reader.stdout.on('error', () => undefined);
       const deliver = async (d: Delivery) => {
-        const sent = d.kind === 'pressure' ? await entities.pressure(d.userId, d.event) : await entities.idle(d.userId, d.event);
+        const sent = d.kind === 'pressure' ? await entities.pressure(d.userId, d.event) : d.kind === 'idle' ? await entities.idle(d.userId, d.event) : await entities.wake(d.userId, d.event);
         if (sent) signals++;
       };
       let chain = Promise.resolve();

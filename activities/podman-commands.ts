@@ -650,6 +650,23 @@ exit 0`;
   return ['sh', '-c', script, 'markco-sandbox-net-rm', network, comment];
 }
 
+/**
+ * Points a checkpoint's container config (config.dump) at another image, when it names one of the
+ * `swappable` images (the CPU and GPU runtime images, which share every lower layer, so CRIU finds each
+ * mapped file unchanged): a runtime hopping onto a GPU host restores on the GPU image, and back. Any other
+ * image is left alone (a runtime made from an older image keeps it).
+ */
+export function setCheckpointImage(configDump: string, image: { name: string; id: string }, swappable: readonly string[]): string {
+  if (!/^[0-9a-f]{64}$/.test(image.id)) throw new Error(`invalid image id ${JSON.stringify(image.id)}`);
+  const config = JSON.parse(configDump) as Record<string, unknown>;
+  const current = config.rootfsImageName;
+  if (typeof current !== 'string' || current === image.name || !swappable.includes(current)) return configDump;
+  config.rootfsImageName = image.name;
+  config.RawImageName = image.name;
+  config.rootfsImageID = image.id;
+  return JSON.stringify(config);
+}
+
 /** Points a checkpoint's container config (config.dump) at another network: a restored fork joins its own. */
 export function setCheckpointNetwork(configDump: string, network: string): string {
   const config = JSON.parse(configDump) as Record<string, unknown>;

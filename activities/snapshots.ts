@@ -18,7 +18,7 @@ import { activitySignal, currentActivity } from './context.js';
 import type { HostShell } from './host-shell.js';
 import { readStorageRoots, shellForHost } from './hosts.js';
 import type { ActivityDeps } from './index.js';
-import { applyTierLimits, checkpointFailure, headWindowBytes, readFileHead, restoreFailed, sendRewrittenHead, type MigrationTier } from './migration.js';
+import { applyTierLimits, checkpointFailure, headWindowBytes, readFileHead, restoreFailed, runtimeImageOn, sendRewrittenHead, type MigrationTier } from './migration.js';
 import {
   checkpointArgs,
   checkpointThenPauseArgs,
@@ -31,6 +31,7 @@ import {
   removeSandboxNetworkArgs,
   sandboxNetworkArgs,
   setCheckpointMemoryLimit,
+  setCheckpointImage,
   setCheckpointNetwork,
 } from './podman-commands.js';
 import { streamFileBetweenHosts, TarMemberRewriter } from './transfer.js';
@@ -218,12 +219,15 @@ export function createSnapshotActivities(deps: ActivityDeps) {
     if ((await containerStatus(shell, input.name)) !== 'missing') await shell.run(removeContainerArgs(input.name), { timeoutMs: 60_000 });
     await shell.run(['sh', '-c', 'rm -rf "$1" && mkdir -p "$1"', 'markco-restore-dir', input.dir]);
     const sandbox = input.sandbox;
+    // Returns and restores land on CPU hosts: a runtime checkpointed on a GPU host comes back on the CPU image.
+    const image = await runtimeImageOn(deps, shell, false);
     const relocate = new TarMemberRewriter(['config.dump', 'spec.dump'], (name, data) => {
       let text = relocateStoragePaths(data.toString('utf8'), input.fromRoots, toRoots);
       if (sandbox) {
         text = text.split(JSON.stringify(sandbox.homeFrom)).join(JSON.stringify(sandbox.homeTo));
         if (name === 'config.dump') text = setCheckpointNetwork(text, sandbox.network);
       }
+      if (name === 'config.dump' && image) text = setCheckpointImage(text, image, image.swappable);
       return Buffer.from(setCheckpointMemoryLimit(text, input.memoryBytes), 'utf8');
     });
     const restore = {

@@ -5,6 +5,7 @@ import type { Store } from '../lib/store.js';
 import type { Tier } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
 import type { Auth } from './auth.js';
+import type { ExecuteHints } from './proxy/execute-hints.js';
 import type { TunnelRegistry } from './proxy/forward.js';
 import type { RouteTable } from './route-table.js';
 
@@ -20,6 +21,8 @@ export interface PlatformDeps {
   tunnels: TunnelRegistry;
   /** Traffic to a user's editor counts as activity: the monitor never takes that user for idle. */
   activity: ActivityTracker;
+  /** Reads MRP execute requests on their way to the runtime: GPU and big-RAM hints, the GPU hop's hold. */
+  executeHints: ExecuteHints;
   /** The tier ladder per plan, to check a migration target before starting it. */
   tiers: Record<Plan, Tier[]>;
 }

@@ -12,6 +12,7 @@ import { defaultTierLadder } from '../lib/tiers.js';
 import { buildApp } from './app.js';
 import { createAuth, secureCookiesFor } from './auth.js';
 import type { PlatformDeps } from './platform.js';
+import { createExecuteHints } from './proxy/execute-hints.js';
 import { createUpstreamAgent, TunnelRegistry } from './proxy/forward.js';
 import { createRouteTable } from './route-table.js';
 import type { HealthChecks } from './routes/health.js';
@@ -51,21 +52,25 @@ export async function createPlatform(opts: {
   taskQueue: string;
   http: Pick<Config['http'], 'adminToken' | 'publicUrl' | 'devLogin'>;
   tiers?: Config['tiers'];
+  /** How long a GPU cell is held for the GPU hop (MARKCO_GPU_WAIT_S); 5 min when absent. */
+  gpuWaitMs?: number;
   log: Logger;
 }): Promise<{ platform: PlatformDeps; close: () => Promise<void> }> {
   const store = createStore(opts.pool);
   const routes = createRouteTable({ pool: opts.pool, databaseUrl: opts.databaseUrl, log: opts.log });
   await routes.start();
+  const operations = createOperations(new Client({ connection: opts.temporal, namespace: opts.namespace }), opts.taskQueue);
   const platform: PlatformDeps = {
     store,
     auth: createAuth({ sessions: store.sessions, adminToken: opts.http.adminToken, secureCookies: secureCookiesFor(opts.http.publicUrl) }),
-    operations: createOperations(new Client({ connection: opts.temporal, namespace: opts.namespace }), opts.taskQueue),
+    operations,
     routes,
     devLogin: opts.http.devLogin,
     adminConfigured: opts.http.adminToken !== undefined,
     upstreamAgent: createUpstreamAgent(),
     tunnels: new TunnelRegistry(),
     activity: createActivityTracker(opts.pool),
+    executeHints: createExecuteHints({ operations, gpuWaitMs: opts.gpuWaitMs ?? 300_000, log: opts.log }),
     tiers: opts.tiers ?? defaultTierLadder,
   };
   return {
@@ -92,6 +97,7 @@ export async function startEdge(config: Config, log: Logger) {
     taskQueue: config.temporal.taskQueue,
     http: config.http,
     tiers: config.tiers,
+    gpuWaitMs: config.gpuWaitMs,
     log,
   });
   const app = buildApp(

@@ -56,17 +56,19 @@ runtime_wheels() {
   echo "$dir"
 }
 
-# build NAME TAG CONTAINERFILE CONTEXT OFFLINE_FROM
+# build NAME TAG CONTAINERFILE CONTEXT OFFLINE_FROM [always]   (always: FROM is replaced online too)
 build() {
-  local name=$1 tag=$2 containerfile=$3 context=$4 offline_from=$5
+  local name=$1 tag=$2 containerfile=$3 context=$4 offline_from=$5 from_always=${6:-}
   local from_args=() from_id=public
-  if [ "$mode" = offline ] && [ -n "$offline_from" ]; then
+  if [ -n "$offline_from" ] && { [ "$mode" = offline ] || [ "$from_always" = always ]; }; then
     from_id=$(podman image inspect --format '{{.Id}}' "$offline_from")
-    from_args=(--from "$offline_from" --network none)
+    from_args=(--from "$offline_from")
+    [ "$mode" = offline ] && from_args+=(--network none)
+    [ -n "${GPU_PACKAGES:-}" ] && from_args+=(--build-arg "GPU_PACKAGES=$GPU_PACKAGES")
   fi
   local recipe
   recipe=$( { (cd "$context" && find . -type f ! -path './wheels/*' -print0 | sort -z | xargs -0 sha256sum);
-              sha256sum < "$containerfile"; echo "$mode $from_id"; } | sha256sum | cut -c1-16)
+              sha256sum < "$containerfile"; echo "$mode $from_id ${GPU_PACKAGES:-}"; } | sha256sum | cut -c1-16)
   if [ "$force" = 0 ] && podman image exists "$tag" \
     && [ "$(podman image inspect --format '{{index .Labels "ai.markco.recipe"}}' "$tag")" = "$recipe" ]; then
     return 0
@@ -100,7 +102,9 @@ for image in "${images[@]}"; do
       if [ "$image" = runtime ]; then
         build runtime "$RUNTIME_IMAGE" "$here/runtime/Containerfile" "$ctx" "$BASE_IMAGE"
       else
-        build runtime-gpu "$RUNTIME_GPU_IMAGE" "$here/runtime-gpu/Containerfile" "$ctx" "$BASE_IMAGE"
+        # Always on top of the runtime image, online too: a checkpoint must restore on either (docs/gpu.md).
+        podman image exists "$RUNTIME_IMAGE" || "$0" $([ "$mode" = online ] && echo --online) runtime
+        build runtime-gpu "$RUNTIME_GPU_IMAGE" "$here/runtime-gpu/Containerfile" "$ctx" "$RUNTIME_IMAGE" always
       fi
       ;;
     editor-lite)

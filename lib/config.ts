@@ -1,8 +1,8 @@
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { defaultDataDir, defaultToolsDir } from './paths.js';
-import { parseTierLadder, type Tier } from './tiers.js';
-import type { Plan } from '../workflows/contracts/users.js';
+import { gpuInstanceSizes, gpuTierOf, parseTierLadder, type GpuSettings, type Tier } from './tiers.js';
+import { Plans, type Plan } from '../workflows/contracts/users.js';
 
 /**
  * Every environment variable the control plane reads, validated once per process at start-up.
@@ -132,6 +132,23 @@ const ConfigSchema = z.object({
   MARKCO_DEPLOYMENT_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/, 'expected a deployment id (letters, digits, dots, dashes, underscores; at most 64)').default('default'),
   MARKCO_SCALE_DOWN_AFTER_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(1, 'expected 1 to 604800 seconds').max(604_800, 'expected 1 to 604800 seconds').default(1800),
   MARKCO_RESERVATION_TTL_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(1, 'expected 1 to 86400 seconds').max(86_400, 'expected 1 to 86400 seconds').default(600),
+  // The GPU hop (docs/gpu.md).
+  MARKCO_GPU_INSTANCE_TYPE: z
+    .string()
+    .trim()
+    .refine((v) => v === 'none' || v in gpuInstanceSizes, `expected none or one of ${Object.keys(gpuInstanceSizes).join(', ')}`)
+    .default('g5.xlarge'),
+  MARKCO_GPU_PLANS: z
+    .string()
+    .trim()
+    .refine((v) => v === '' || v.split(',').every((p) => (Plans as readonly string[]).includes(p.trim())), `expected plans separated by commas (${Plans.join(', ')}), or empty for none`)
+    .default('pro,team'),
+  MARKCO_GPU_MARKET: z
+    .enum(['on-demand', 'spot-then-on-demand'], { error: 'expected on-demand or spot-then-on-demand' })
+    .default('spot-then-on-demand'),
+  MARKCO_GPU_IDLE_AFTER_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(1, 'expected 1 to 86400 seconds').max(86_400, 'expected 1 to 86400 seconds').default(600),
+  MARKCO_GPU_WAIT_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(0, 'expected 0 to 3600 seconds').max(3600, 'expected 0 to 3600 seconds').default(300),
+  MARKCO_RUNTIME_GPU_IMAGE: z.string().trim().min(1).default('localhost/markco-runtime-gpu:0.4.2'),
   MARKCO_REAPER_GRACE_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(0, 'expected 0 to 604800 seconds').max(604_800, 'expected 0 to 604800 seconds').default(900),
 });
 
@@ -185,6 +202,10 @@ export interface Config {
   /** The resource monitor's sampling interval and idle time. */
   monitor: { intervalMs: number; idleAfterMs: number };
   tiers: Record<Plan, Tier[]>;
+  /** The GPU hop; null when MARKCO_GPU_INSTANCE_TYPE=none or no plan may use it. */
+  gpu: GpuSettings | null;
+  /** How long the edge holds a cell that uses the GPU while the runtime hops to a GPU host. */
+  gpuWaitMs: number;
   cloud: CloudConfig;
 }
 
@@ -275,6 +296,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const problems: { variable: string; message: string }[] = [];
     if (!c.MARKCO_EC2_SUBNET_ID) problems.push({ variable: 'MARKCO_EC2_SUBNET_ID', message: 'required when MARKCO_CLOUD=aws' });
     const families = [...new Set(Object.values(tiers).flatMap((ladder) => ladder.flatMap((t) => (t.instanceType ? [instanceFamily(t.instanceType)] : []))))];
+    if (c.MARKCO_GPU_INSTANCE_TYPE !== 'none' && c.MARKCO_GPU_PLANS.trim() !== '') families.push(instanceFamily(c.MARKCO_GPU_INSTANCE_TYPE));
     const missing = families.filter((f) => !amiIds[f]);
     if (missing.length > 0) problems.push({ variable: 'MARKCO_EC2_AMI_IDS', message: `required when MARKCO_CLOUD=aws; no AMI for the tier ladder's famil${missing.length === 1 ? 'y' : 'ies'} ${missing.join(', ')}` });
     if (problems.length > 0) throw new ConfigError(problems);
@@ -283,8 +305,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError([{ variable: 'MARKCO_S3_KMS_KEY_ID', message: `only used with MARKCO_S3_SSE=aws:kms (it is ${c.MARKCO_S3_SSE})` }]);
   }
   const sshKeyPath = c.MARKCO_SSH_KEY_PATH ?? join(c.MARKCO_DATA_DIR, 'ssh', 'id_ed25519');
+  const gpuPlans = c.MARKCO_GPU_PLANS.split(',').map((p) => p.trim()).filter((p): p is Plan => p !== '');
+  const gpu: GpuSettings | null =
+    c.MARKCO_GPU_INSTANCE_TYPE === 'none' || gpuPlans.length === 0
+      ? null
+      : { tier: gpuTierOf(c.MARKCO_GPU_INSTANCE_TYPE), plans: gpuPlans, idleAfterMs: c.MARKCO_GPU_IDLE_AFTER_S * 1000, market: c.MARKCO_GPU_MARKET, runtimeImage: c.MARKCO_RUNTIME_GPU_IMAGE };
   return {
     tiers,
+    gpu,
+    gpuWaitMs: c.MARKCO_GPU_WAIT_S * 1000,
     cloud: {
       provider,
       amiIds,

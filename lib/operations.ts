@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure, TemporalFailure } from '@temporalio/common';
+import { ApplicationFailure, TemporalFailure, type SignalDefinition } from '@temporalio/common';
 import type { ImportProjectInput, ImportProjectResult, LoginInput, LoginResult, RuntimeStats, StopRuntimeInput, StopRuntimeResult } from '../workflows/contracts/user-environment.js';
 import type { MigrateRuntimeResult } from '../workflows/contracts/elastic.js';
 import { workflowIds } from '../workflows/contracts/operations.js';
 import {
+  codeHintSignal,
+  gpuUseUpdate,
   idleSignal,
   idleUpdate,
   loginUpdate,
@@ -14,10 +16,17 @@ import {
   sandboxUpdate,
   snapshotUpdate,
   stopRuntimeUpdate,
+  spotInterruptionSignal,
+  wakeSignal,
+  type CodeHintEvent,
+  type GpuUseAnswer,
+  type GpuUseRequest,
   type IdleEvent,
   type MigrateRequest,
   type OperationRef,
   type PressureSignal,
+  type SpotInterruptionEvent,
+  type WakeEvent,
 } from '../workflows/contracts/runtime-entity.js';
 import type { ForkSandboxInput, IdleCheckpointInput, RestoreSnapshotInput, SnapshotRuntimeInput } from '../workflows/contracts/snapshots.js';
 import { stepQuery } from '../workflows/contracts/messages.js';
@@ -99,6 +108,17 @@ export function createOperations(client: Client, taskQueue: string) {
     return { handle, operationId: encodeOperationId(ref.workflowId, ref.runId), joined: ref.joined };
   };
 
+  /** Signals the user's entity; false when it does not exist (the user has never had a runtime). */
+  const signalEntity = async <T>(userId: string, signal: SignalDefinition<[T]>, event: T): Promise<boolean> => {
+    try {
+      await client.workflow.getHandle(workflowIds.runtime(userId)).signal(signal, event);
+      return true;
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return false;
+      throw err;
+    }
+  };
+
   return {
     startLogin: (input: LoginInput) => throughEntity<LoginResult>(input.userId, loginUpdate, input),
     startStopRuntime: (input: StopRuntimeInput) => throughEntity<StopRuntimeResult>(input.userId, stopRuntimeUpdate, input),
@@ -112,25 +132,42 @@ export function createOperations(client: Client, taskQueue: string) {
     startDestroySandbox: (userId: string, sandboxId: string) => start('destroySandbox', workflowIds.destroySandbox(userId, sandboxId), { userId, sandboxId }, true),
 
     /** A memory reading for the user's entity; dropped (false) when the user has none running. */
-    async signalPressure(userId: string, event: PressureSignal): Promise<boolean> {
-      try {
-        await client.workflow.getHandle(workflowIds.runtime(userId)).signal(pressureSignal, event);
-        return true;
-      } catch (err) {
-        if (err instanceof WorkflowNotFoundError) return false;
-        throw err;
-      }
-    },
-
+    signalPressure: (userId: string, event: PressureSignal) => signalEntity(userId, pressureSignal, event),
     /** The monitor's idle-sleep for the user's entity; dropped (false) when the user has none running. */
-    async signalIdle(userId: string, event: IdleEvent): Promise<boolean> {
+    signalIdle: (userId: string, event: IdleEvent) => signalEntity(userId, idleSignal, event),
+    /** The monitor's idle-wake: a queued idle checkpoint is dropped. */
+    signalWake: (userId: string, event: WakeEvent) => signalEntity(userId, wakeSignal, event),
+    /** gpu-hint or big-ram-hint from the code the user runs. */
+    signalCodeHint: (userId: string, event: CodeHintEvent) => signalEntity(userId, codeHintSignal, event),
+    signalSpotInterruption: (userId: string, event: SpotInterruptionEvent) => signalEntity(userId, spotInterruptionSignal, event),
+
+    /**
+     * A cell is about to use the GPU: the entity hops the runtime onto its GPU host (or says why not).
+     * Answers when the runtime is on the GPU, when it cannot be, or after `waitMs` (the cell then runs where it is).
+     */
+    async awaitGpu(userId: string, request: GpuUseRequest, waitMs: number): Promise<{ outcome: 'on-gpu' | 'moved' | 'not-moved' | 'timed-out'; reason?: string; operationId?: string }> {
+      let answer: GpuUseAnswer;
       try {
-        await client.workflow.getHandle(workflowIds.runtime(userId)).signal(idleSignal, event);
-        return true;
+        answer = await client.workflow.getHandle(workflowIds.runtime(userId)).executeUpdate(gpuUseUpdate, { args: [request] });
       } catch (err) {
-        if (err instanceof WorkflowNotFoundError) return false;
+        if (err instanceof WorkflowNotFoundError) return { outcome: 'not-moved', reason: 'the user has no runtime entity' };
+        if (err instanceof WorkflowUpdateFailedError && err.cause) return { outcome: 'not-moved', reason: err.cause.message };
         throw err;
       }
+      if (answer.onGpu) return { outcome: 'on-gpu' };
+      if (!answer.operation) return { outcome: 'not-moved', ...(answer.reason ? { reason: answer.reason } : {}) };
+      const operationId = encodeOperationId(answer.operation.workflowId, answer.operation.runId);
+      const hop = client.workflow.getHandle(answer.operation.workflowId, answer.operation.runId);
+      let timer: NodeJS.Timeout | undefined;
+      const settled = await Promise.race([
+        hop.result().then(
+          () => ({ outcome: 'moved' as const, operationId }),
+          (err: unknown) => ({ outcome: 'not-moved' as const, reason: rootFailure(err instanceof WorkflowFailedError ? err.cause : err).message, operationId }),
+        ),
+        new Promise<{ outcome: 'timed-out'; operationId: string }>((r) => (timer = setTimeout(() => r({ outcome: 'timed-out', operationId }), waitMs))),
+      ]);
+      clearTimeout(timer);
+      return settled;
     },
 
     startImportProject: (input: ImportProjectInput) =>

@@ -101,3 +101,41 @@ export function smallestTierFor(ladder: Record<Plan, Tier[]>, plan: Plan, bytes:
   const tiers = ladder[plan];
   return tiers.find((t) => bytes * (1 + headroom) <= t.memoryBytes) ?? tiers[tiers.length - 1]!;
 }
+
+/**
+ * GPU instance types whose size markco knows (memory, vCPUs): the host a GPU hop moves the runtime to
+ * (MARKCO_GPU_INSTANCE_TYPE). Kept off the ladder: pressure never climbs onto a GPU host and a scale-down
+ * never walks back from one; code that uses the GPU brings the runtime there and GPU idleness takes it back.
+ */
+export const gpuInstanceSizes: Readonly<Record<string, { memoryBytes: number; cpus: number; gpu: string }>> = Object.freeze({
+  'g4dn.xlarge': { memoryBytes: 16 * GiB, cpus: 4, gpu: 'NVIDIA T4 16 GB' },
+  'g4dn.2xlarge': { memoryBytes: 32 * GiB, cpus: 8, gpu: 'NVIDIA T4 16 GB' },
+  'g5.xlarge': { memoryBytes: 16 * GiB, cpus: 4, gpu: 'NVIDIA A10G 24 GB' },
+  'g5.2xlarge': { memoryBytes: 32 * GiB, cpus: 8, gpu: 'NVIDIA A10G 24 GB' },
+  'g5.4xlarge': { memoryBytes: 64 * GiB, cpus: 16, gpu: 'NVIDIA A10G 24 GB' },
+  'g6.xlarge': { memoryBytes: 16 * GiB, cpus: 4, gpu: 'NVIDIA L4 24 GB' },
+  'g6.2xlarge': { memoryBytes: 32 * GiB, cpus: 8, gpu: 'NVIDIA L4 24 GB' },
+  'g6e.xlarge': { memoryBytes: 32 * GiB, cpus: 4, gpu: 'NVIDIA L40S 48 GB' },
+});
+
+/** The GPU hop's settings (lib/config.ts): which host, for which plans, and how it is launched. */
+export interface GpuSettings {
+  tier: Tier;
+  plans: Plan[];
+  /** GPU work idle this long (no GPU code run, no busy CPU on the GPU host) moves the runtime back. */
+  idleAfterMs: number;
+  market: 'on-demand' | 'spot-then-on-demand';
+  /** The image a runtime runs on a GPU host: the CPU runtime image with GPU settings on top (images/runtime-gpu). */
+  runtimeImage: string;
+}
+
+export function gpuTierOf(instanceType: string): Tier {
+  const size = gpuInstanceSizes[instanceType];
+  if (!size) throw new Error(`${instanceType} is not a GPU instance type markco knows (${Object.keys(gpuInstanceSizes).join(', ')})`);
+  return ec2(instanceType, size.memoryBytes, size.cpus, true);
+}
+
+/** The GPU tier a user of `plan` may hop to, or undefined (no GPU configured, or not on this plan). */
+export function gpuTierFor(gpu: GpuSettings | null | undefined, plan: Plan): Tier | undefined {
+  return gpu && gpu.plans.includes(plan) ? gpu.tier : undefined;
+}

@@ -83,7 +83,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
       connection,
       namespace: config.temporal.namespace,
       taskQueue: config.temporal.taskQueue,
-      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers, cloud: config.cloud, entities, ...(archives ? { archives } : {}) },
+      deps: { store: createStore(pool), shells, ec2, environment: config.environment, tiers: config.tiers, gpu: config.gpu, cloud: config.cloud, entities, ...(archives ? { archives } : {}) },
       workflowBundlePath: bundle,
     });
     log.info({ taskQueue: config.temporal.taskQueue, namespace: config.temporal.namespace }, 'worker polling');
@@ -103,7 +103,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
 /** The signals the monitor sends to users' entities (`runtime/<userId>`). */
 export function entitySignals(client: Client, taskQueue: string): EntitySignals {
   const ops = createOperations(client, taskQueue);
-  return { pressure: (userId, event) => ops.signalPressure(userId, event), idle: (userId, event) => ops.signalIdle(userId, event) };
+  return { pressure: (userId, event) => ops.signalPressure(userId, event), idle: (userId, event) => ops.signalIdle(userId, event), wake: (userId, event) => ops.signalWake(userId, event) };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -66,6 +66,9 @@ export function validateMigrateInput(input: MigrateRuntimeInput): string[] {
 export function migrationOperation(reason: MigrateRuntimeInput['reason']) {
   if (reason === 'critical') return Operation.critical;
   if (reason === 'scale-down') return Operation.scaleDown;
+  if (reason === 'gpu') return Operation.gpuHop;
+  if (reason === 'gpu-idle') return Operation.gpuReturn;
+  if (reason === 'spot-interruption') return Operation.spotInterruption;
   return Operation.migrate;
 }
 
@@ -105,6 +108,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
     });
     const source = plan.runtime;
     const targetTier = plan.to;
+    const imageSwap = plan.from.gpu !== targetTier.gpu ? { image: targetTier.gpu ? ('gpu' as const) : ('cpu' as const) } : {};
     const bulk = bulkActivities(Math.max(plan.from.memoryBytes, plan.to.memoryBytes));
     paused = plan.runtimeState === 'paused';
     tagOperation({ operation: migrationOperation(input.reason), userId: input.userId, sourceHost: source.hostId, instanceType: plan.to.instanceType ?? 'base' });
@@ -156,6 +160,8 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
           port: prepared.port,
           memoryBytes: targetTier.memoryBytes,
           cpus: targetTier.cpus,
+          // Onto or off a GPU host, the runtime restores on that host's runtime image (same lower layers).
+          ...imageSwap,
         }),
       escalated || input.reason === 'urgent',
     );
@@ -246,7 +252,7 @@ export async function acquireHost(o: { userId: string; tier: MigrationTier; base
   const claimed = await db.claimReservation({ userId: o.userId, instanceType: o.tier.instanceType, claimedBy: o.workflowId, waitMs: 120_000 });
   if (claimed) {
     // Ends the reservation's wait now; the claim itself is already in PostgreSQL if the signal is lost.
-    await getExternalWorkflowHandle(workflowIds.preProvision(o.userId))
+    await getExternalWorkflowHandle(o.tier.gpu ? workflowIds.preProvisionGpu(o.userId) : workflowIds.preProvision(o.userId))
       .signal(reservationClaimedSignal, { hostId: claimed.hostId, claimedBy: o.workflowId })
       .catch(() => undefined);
     return { hostId: claimed.hostId, owned: true };

@@ -21,8 +21,12 @@ import { ErrorType } from './contracts/errors.js';
 import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import {
+  codeHintSignal,
   entityStateQuery,
+  gpuUseUpdate,
   idleSignal,
+  spotInterruptionSignal,
+  wakeSignal,
   idleUpdate,
   loginUpdate,
   restoreSnapshotUpdate,
@@ -31,12 +35,16 @@ import {
   migrateUpdate,
   pressureSignal,
   stopRuntimeUpdate,
+  type CodeHintEvent,
   type EntityOperationKind,
+  type GpuUseAnswer,
   type IdleEvent,
   type MigrateRequest,
   type OperationRef,
   type PressureSignal,
+  type SpotInterruptionEvent,
   type UserRuntimeInput,
+  type WakeEvent,
 } from './contracts/runtime-entity.js';
 import { SearchAttr } from './contracts/search-attributes.js';
 import type { LoginInput, LoginResult, StopRuntimeInput } from './contracts/user-environment.js';
@@ -53,6 +61,7 @@ import {
 } from './contracts/snapshots.js';
 import { userIdPattern } from './contracts/users.js';
 import { errorMessage, tagOperation } from './lifecycle.js';
+import * as gpuPolicy from './gpu-policy.js';
 import { escalateSignal, migrationOperation, validateMigrateInput } from './migrate.js';
 import { quick } from './options.js';
 import {
@@ -82,6 +91,8 @@ interface QueuedOperation {
 
 interface Carried {
   policy: PolicyState;
+  gpu?: gpuPolicy.GpuState;
+  interruptedHosts?: string[];
   operationsRun: number;
 }
 
@@ -89,6 +100,7 @@ const childTypes: Record<EntityOperationKind, string> = {
   login: 'login',
   'stop-runtime': 'stopRuntime',
   migrate: 'migrateRuntime',
+  'gpu-hop': 'migrateRuntime',
   idle: 'idleCheckpoint',
   snapshot: 'snapshotRuntime',
   restore: 'restoreSnapshot',
@@ -99,13 +111,14 @@ const childIds: Record<EntityOperationKind, (userId: string) => string> = {
   login: workflowIds.login,
   'stop-runtime': workflowIds.stopRuntime,
   migrate: workflowIds.migrate,
+  'gpu-hop': workflowIds.migrate,
   idle: workflowIds.idle,
   snapshot: workflowIds.snapshot,
   restore: workflowIds.restoreSnapshot,
   sandbox: workflowIds.sandbox,
 };
 
-const childOperations: Record<Exclude<EntityOperationKind, 'migrate'>, Operation> = {
+const childOperations: Record<Exclude<EntityOperationKind, 'migrate' | 'gpu-hop'>, Operation> = {
   login: Operation.login,
   'stop-runtime': Operation.stopRuntime,
   idle: Operation.idle,
@@ -137,9 +150,14 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
   const carried = input.carried as Carried | undefined;
   let policy: PolicyState = carried?.policy ?? initialPolicyState(null);
   let operationsRun = carried?.operationsRun ?? 0;
+  let gpu: gpuPolicy.GpuState = carried?.gpu ?? gpuPolicy.initialGpuState;
+  let gpuConfig: gpuPolicy.GpuPolicyConfig = gpuPolicy.defaultGpuPolicyConfig;
+  /** Hosts whose spot capacity is being reclaimed: the runtime leaves them as soon as nothing else runs. */
+  const interruptedHosts = new Set<string>(carried?.interruptedHosts ?? []);
+  let bigRamHintAt: number | null = null;
   const queue: QueuedOperation[] = [];
   let running: (QueuedOperation & { started: OperationRef }) | undefined;
-  let preProvisioning = false;
+  const preProvisioning = new Set<string>();
 
   tagOperation({ operation: Operation.runtime, userId });
   setHandler(stepQuery, () => (running ? `running ${running.kind} (${running.started.workflowId})` : queue.length > 0 ? `starting ${queue[0]!.kind}` : 'idle'));
@@ -152,6 +170,13 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       : null,
     band: currentBand(policy),
     lowSince: policy.lowSince === null ? null : new Date(policy.lowSince).toISOString(),
+    gpu: {
+      tier: gpuConfig.tier,
+      hintedAt: iso(gpu.hintedAt),
+      lastUseAt: iso(gpu.lastUseAt),
+      onGpu: gpuPolicy.onGpuTier(policy.placement, gpuConfig),
+      idleSince: iso(gpuPolicy.gpuIdleSince(gpu, policy.placement, gpuConfig)),
+    },
     operationsRun,
   }));
 
@@ -224,6 +249,11 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
         void preProvision();
         return;
       case 'migrate': {
+        // The GPU tier is left when its GPU work is idle (gpu-policy.ts), not by memory.
+        if (gpuPolicy.onGpuTier(policy.placement, gpuConfig)) {
+          log.info('memory action ignored on the GPU tier', { reason: action.reason });
+          return;
+        }
         const m = { userId, target: 'auto', reason: action.reason, usedBytes: action.usedBytes } satisfies MigrateRuntimeInput;
         // The answer goes nowhere: the policy is the caller. A failure to start is logged by the loop.
         request('migrate', m, action.reason === 'critical').catch(() => undefined);
@@ -242,14 +272,18 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     }
   }
 
-  /** Reserves the next tier's host beside the slot: a login or migration never waits for an EC2 boot. */
-  async function preProvision(): Promise<void> {
-    if (preProvisioning) return;
-    preProvisioning = true;
+  /**
+   * Reserves a host beside the slot: a login or migration never waits for an EC2 boot. The next tier's
+   * (memory pressure, big-RAM hint), or the GPU tier's (gpu-hint), each under its own workflow id.
+   */
+  async function preProvision(gpuTier?: string): Promise<void> {
+    const workflowId = gpuTier ? workflowIds.preProvisionGpu(userId) : workflowIds.preProvision(userId);
+    if (preProvisioning.has(workflowId)) return;
+    preProvisioning.add(workflowId);
     try {
       await startChild('preProvisionHost', {
-        workflowId: workflowIds.preProvision(userId),
-        args: [{ userId }],
+        workflowId,
+        args: [gpuTier ? { userId, tier: gpuTier } : { userId }],
         parentClosePolicy: ParentClosePolicy.ABANDON,
         workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
         typedSearchAttributes: [
@@ -261,7 +295,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       // Already running for this user: the reservation being made is the one wanted.
       log.info('pre-provision not started', { error: errorMessage(err) });
     } finally {
-      preProvisioning = false;
+      preProvisioning.delete(workflowId);
     }
   }
 
@@ -270,6 +304,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     readings++;
     const at = epochOf(event?.at);
     if (!event || typeof event.usedBytes !== 'number' || !Number.isFinite(at)) return;
+    if (policy.placement && event.runtimeId === policy.placement.runtimeId && event.hostId === policy.placement.hostId) gpu = gpuPolicy.onBusy(gpu, event.busyAt);
     const decided = decide(policy, { runtimeId: event.runtimeId, hostId: event.hostId, usedBytes: event.usedBytes, ...(event.limitBytes !== undefined ? { limitBytes: event.limitBytes } : {}), at, source: event.source }, Date.now(), config);
     policy = decided.state;
     act(decided.action);
@@ -284,17 +319,84 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     request('idle', { userId, reason: 'idle', idleSince: Math.round(idleSince) }).catch(() => undefined);
   });
 
+  // idle-wake from the monitor: the user or the kernel is back before the idle checkpoint started.
+  setHandler(wakeSignal, (event: WakeEvent) => {
+    if (!event || !policy.placement || event.runtimeId !== policy.placement.runtimeId) return;
+    const at = queue.findIndex((q) => q.kind === 'idle');
+    if (at < 0) return;
+    const [dropped] = queue.splice(at, 1);
+    dropped!.failedToStart = 'the runtime is in use again (idle-wake)';
+  });
+
+  setHandler(codeHintSignal, (event: CodeHintEvent) => {
+    readings++;
+    const now = Date.now();
+    if (event?.kind === 'gpu-hint') {
+      const decided = gpuPolicy.onHint(gpu, policy.placement, now, gpuConfig);
+      gpu = decided.state;
+      if (decided.action.kind === 'pre-provision') void preProvision(decided.action.tier);
+    } else if (event?.kind === 'big-ram-hint') {
+      // A big read is coming: the next tier boots now (once per reservation's life, not once per cell).
+      if (!policy.placement || gpuPolicy.onGpuTier(policy.placement, gpuConfig) || (bigRamHintAt !== null && now - bigRamHintAt < gpuConfig.hintCooldownMs)) return;
+      bigRamHintAt = now;
+      void preProvision();
+    }
+  });
+
+  setHandler(
+    gpuUseUpdate,
+    async (): Promise<GpuUseAnswer> => {
+      readings++;
+      const decided = gpuPolicy.onUse(gpu, policy.placement, Date.now(), gpuConfig);
+      gpu = decided.state;
+      if (decided.action.kind === 'none') return { onGpu: gpuPolicy.onGpuTier(policy.placement, gpuConfig), reason: decided.action.reason };
+      if (decided.action.kind !== 'hop') return { onGpu: false, reason: 'nothing to do' };
+      const operation = await request('gpu-hop', { userId, target: decided.action.tier, reason: 'gpu' } satisfies MigrateRuntimeInput);
+      return { onGpu: false, operation };
+    },
+    {
+      validator: (r) => {
+        if (r?.userId !== userId) invalid([`invalid gpuUse input: userId: this entity is ${userId}`]);
+      },
+    },
+  );
+
+  setHandler(spotInterruptionSignal, (event: SpotInterruptionEvent) => {
+    if (typeof event?.hostId !== 'string') return;
+    readings++;
+    interruptedHosts.add(event.hostId);
+    if (interruptedHosts.size > 20) interruptedHosts.delete(interruptedHosts.values().next().value!);
+  });
+
   // Handlers are registered above before anything awaits: the update that started this run is handled.
   // The worker's configuration applies unless the input sets the delay (tests, an operator's override).
-  if (input.scaleDownAfterMs === undefined) config = { ...config, scaleDownAfterMs: (await db.runtimePolicySettings()).scaleDownAfterMs };
+  const settings = await db.runtimePolicySettings({ userId });
+  if (input.scaleDownAfterMs === undefined) config = { ...config, scaleDownAfterMs: settings.scaleDownAfterMs };
+  if (settings.gpu) gpuConfig = { ...gpuConfig, tier: settings.gpu.tier, idleAfterMs: settings.gpu.idleAfterMs, hintCooldownMs: Math.max(gpuConfig.retryAfterMs, settings.gpu.idleAfterMs) };
   if (!policy.placement) policy = onPlacementChanged(policy, await placementNow(userId));
 
   for (;;) {
-    const wakeAfter = policy.lowSince !== null ? Math.max(1000, policy.lowSince + config.scaleDownAfterMs - Date.now()) : policy.actedAt !== null ? config.staleActedMs + 1000 : undefined;
+    // A spot host being reclaimed is left first, before anything else queued.
+    if (!running && policy.placement && interruptedHosts.has(policy.placement.hostId)) {
+      const decided = gpuPolicy.onSpotInterruption(gpu, policy.placement, policy.placement.hostId, Date.now());
+      gpu = decided.state;
+      interruptedHosts.delete(policy.placement.hostId);
+      if (decided.action.kind === 'return') requestReturn('spot-interruption', true);
+    }
+    const gpuDue = gpuPolicy.nextDueAt(gpu, policy.placement, gpuConfig);
+    const memoryWake = policy.lowSince !== null ? Math.max(1000, policy.lowSince + config.scaleDownAfterMs - Date.now()) : policy.actedAt !== null ? config.staleActedMs + 1000 : undefined;
+    const gpuWake = gpuDue !== null ? Math.max(100, gpuDue - Date.now()) : undefined;
+    const wakeAfter = memoryWake === undefined ? gpuWake : gpuWake === undefined ? memoryWake : Math.min(memoryWake, gpuWake);
     const seenReadings = readings;
     // A new reading can start (or cancel) the low-memory clock: wake to re-arm the timer.
     const woke = await condition(() => queue.length > 0 || historyTooLong(maxHistoryEvents) || readings !== seenReadings, wakeAfter);
     if (woke && readings !== seenReadings && queue.length === 0) continue;
+    if (!woke && queue.length === 0 && gpuDue !== null && Date.now() >= gpuDue) {
+      const decided = gpuPolicy.onTimer(gpu, policy.placement, Date.now(), gpuConfig);
+      gpu = decided.state;
+      if (decided.action.kind === 'return') requestReturn('gpu-idle', false);
+      continue;
+    }
     if (!woke && policy.latest && queue.length === 0) {
       // No fresh reading arrived: a due scale-down, or the retry of a failed migration, is decided on the last one.
       if (scaleDownDue(policy, Date.now(), config) || policy.actedAt !== null) {
@@ -308,12 +410,19 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       // A request arriving meanwhile is served first (its handler waits for its child, so handlers only
       // finish once the queue is drained): never wait for an empty queue here.
       await condition(() => queue.length > 0 || allHandlersFinished());
-      if (queue.length === 0) await continueAsNew<typeof userRuntime>({ ...input, carried: { policy, operationsRun } satisfies Carried });
+      if (queue.length === 0) await continueAsNew<typeof userRuntime>({ ...input, carried: { policy, gpu, interruptedHosts: [...interruptedHosts], operationsRun } satisfies Carried });
       continue;
     }
     const next = queue.shift();
     if (!next) continue;
     await runOperation(next);
+  }
+
+  /** Off the GPU host (or any spot host being reclaimed), sized from the last reading. */
+  function requestReturn(reason: 'gpu-idle' | 'spot-interruption', front: boolean): void {
+    const latest = policy.latest && policy.placement && policy.latest.runtimeId === policy.placement.runtimeId ? policy.latest.usedBytes : undefined;
+    const m = { userId, target: 'auto', reason, ...(latest !== undefined ? { usedBytes: latest } : {}) } satisfies MigrateRuntimeInput;
+    request('migrate', m, front).catch((err: unknown) => log.warn(`could not start the ${reason} migration`, { error: errorMessage(err) }));
   }
 
   async function runOperation(next: QueuedOperation): Promise<void> {
@@ -340,19 +449,21 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     } catch (err) {
       log.info(`${next.kind} failed`, { error: errorMessage(err) });
       // A failed migration, snapshot or fork leaves the runtime where it was; a failed login may still have made one.
-      if (!['migrate', 'snapshot', 'sandbox'].includes(next.kind)) {
+      if (!['migrate', 'gpu-hop', 'snapshot', 'sandbox'].includes(next.kind)) {
         placement = await placementNow(userId);
         placementChanged = true;
       }
     }
     running = undefined;
+    const wasOnGpu = gpuPolicy.onGpuTier(policy.placement, gpuConfig);
     policy = onOperationFinished(policy, placementChanged);
     if (placement !== undefined) policy = onPlacementChanged(policy, placement);
+    if (wasOnGpu && !gpuPolicy.onGpuTier(policy.placement, gpuConfig)) gpu = gpuPolicy.onLeftGpu(gpu);
     tagRuntime(policy.placement ? 'running' : next.kind === 'idle' && placementChanged ? 'checkpointed' : 'stopped', policy.placement?.hostId);
   }
 
   async function startWithRetry(next: QueuedOperation, childId: string): Promise<ChildWorkflowHandle<(i: unknown) => Promise<unknown>>> {
-    const operation = next.kind === 'migrate' ? migrationOperation((next.input as MigrateRuntimeInput).reason) : childOperations[next.kind];
+    const operation = next.kind === 'migrate' || next.kind === 'gpu-hop' ? migrationOperation((next.input as MigrateRuntimeInput).reason) : childOperations[next.kind];
     const options = {
       workflowId: childId,
       args: [next.input] as [unknown],
@@ -396,6 +507,7 @@ const runtimeStateDuring: Record<EntityOperationKind, string> = {
   login: 'starting',
   'stop-runtime': 'stopping',
   migrate: 'migrating',
+  'gpu-hop': 'migrating',
   idle: 'checkpointing',
   snapshot: 'snapshotting',
   restore: 'restoring',
@@ -405,6 +517,10 @@ const runtimeStateDuring: Record<EntityOperationKind, string> = {
 async function placementNow(userId: string): Promise<Placement | null> {
   const p = await db.currentPlacement({ userId });
   return p ? { ...p, since: Date.now() } : null;
+}
+
+function iso(ms: number | null): string | null {
+  return ms === null ? null : new Date(ms).toISOString();
 }
 
 function historyTooLong(maxHistoryEvents: number): boolean {

@@ -23,6 +23,11 @@ export type ForwardHttpOptions = ForwardedInfo & {
   agent: http.Agent;
   /** Called once, when the exchange is over, with the body bytes sent upstream and sent back to the client. */
   onBytes?: (up: number, down: number) => void;
+  /**
+   * The request's whole body, already read by the caller (which had to see it before choosing to forward):
+   * sent as it is instead of streaming `req`, which must have ended.
+   */
+  body?: Buffer;
 };
 
 export type HttpOutcome = 'completed' | 'client-aborted' | 'upstream-error';
@@ -217,19 +222,20 @@ export function forwardHttp(req: IncomingMessage, res: ServerResponse, target: F
     const headers = upstreamRequestHeaders(req, target, opts);
     const transferEncoding = req.headers['transfer-encoding'];
     const contentLength = req.headers['content-length'];
-    const hasBody = transferEncoding !== undefined || (contentLength !== undefined && contentLength !== '0');
+    const hasBody = opts.body !== undefined ? opts.body.length > 0 : transferEncoding !== undefined || (contentLength !== undefined && contentLength !== '0');
     // Transfer-Encoding is hop-by-hop, but a body of unknown length still needs chunked framing upstream,
     // and Node only chooses that by itself for some methods.
     if (transferEncoding !== undefined && contentLength === undefined) headers['transfer-encoding'] = 'chunked';
 
-    if (hasBody) {
+    if (opts.body !== undefined) bytesUp = opts.body.length;
+    else if (hasBody) {
       req.on('data', (chunk: Buffer) => {
         bytesUp += chunk.length;
       });
     }
 
     const stopUpload = () => {
-      if (!upstreamReq) return;
+      if (!upstreamReq || opts.body !== undefined) return;
       req.unpipe(upstreamReq);
       // Drain what the client is still sending so its connection stays usable for the answer and beyond.
       req.resume();
@@ -300,7 +306,8 @@ export function forwardHttp(req: IncomingMessage, res: ServerResponse, target: F
         });
       });
 
-      if (hasBody) req.pipe(outgoing);
+      if (opts.body !== undefined) outgoing.end(opts.body);
+      else if (hasBody) req.pipe(outgoing);
       else outgoing.end();
     };
 

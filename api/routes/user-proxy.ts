@@ -5,6 +5,7 @@ import type { UserRecord } from '../../lib/accounts.js';
 import { answerUnauthenticated, unauthenticatedMessage, wantsHtml } from '../auth.js';
 import { escapeHtml, page } from '../html.js';
 import type { PlatformDeps } from '../platform.js';
+import { executePathPattern } from '../../lib/code-hints.js';
 import { forwardHttp, forwardUpgrade } from '../proxy/forward.js';
 
 /**
@@ -85,7 +86,14 @@ export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
       }
       deps.activity.touch(user.id);
       reply.hijack();
+      // A cell on its way to the runtime: read it first (hints; a GPU cell waits for the GPU hop).
+      let body: Buffer | undefined;
+      if (req.method === 'POST' && executePathPattern.test(rest)) {
+        body = await deps.executeHints.readBody(req.raw);
+        await deps.executeHints.beforeExecute(user.id, body);
+      }
       const outcome = await forwardHttp(req.raw, reply.raw, { host: upstream.host, port: upstream.port, path: rest }, {
+        ...(body ? { body } : {}),
         agent: deps.upstreamAgent,
         forwardedPrefix: `/u/${user.id}`,
         ...forwardedFor(req.raw),

@@ -28,7 +28,7 @@ describe('login compensation (stand-in activities)', () => {
 
   const fake: Partial<Activities> = {
     currentPlacement: async () => null,
-    runtimePolicySettings: async () => ({ scaleDownAfterMs: 60_000 }),
+    runtimePolicySettings: async () => ({ scaleDownAfterMs: 60_000, gpu: null }),
     planLogin: async () => planOf(),
     prepareHome: async () => ({ homeDir: '/x', initialized: false }),
     ensureRuntime: async () => runtimeOf(),

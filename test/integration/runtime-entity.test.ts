@@ -25,7 +25,7 @@ describe('runtime entity (stand-in activities)', () => {
   const placement = { runtimeId: '7b1c2b7e-0000-4000-8000-00000000aaaa', hostId: 'base', tier: 'base', memoryLimitBytes: 256 * 1024 * 1024 };
   const fake: Partial<Activities> = {
     currentPlacement: async () => placement,
-    runtimePolicySettings: async () => ({ scaleDownAfterMs: 60_000 }),
+    runtimePolicySettings: async () => ({ scaleDownAfterMs: 60_000, gpu: null }),
     beginMigration: async () => {
       started.push('migrate');
       await new Promise<void>((resolve) => (releaseMigration = resolve));

@@ -174,6 +174,19 @@ describe('launchHost against a stand-in EC2', () => {
     assert.equal(isCapacityError(Object.assign(new Error('x'), { name: 'InvalidAMIID.NotFound' })), false, 'a bad request is not a capacity problem');
   });
 
+  test('a GPU host is launched on the GPU market: spot first even when CPU hosts are on-demand, on-demand when spot is refused', async () => {
+    const gpuInput = { ...input, tier: 'g5.xlarge', instanceType: 'g5.xlarge', gpu: true };
+    const gpuCloud = { ...cloud, market: 'on-demand' as const, amiIds: { ...cloud.amiIds, g5: 'ami-0456cdef' } };
+    const refused = standIn({ spotError: 'InsufficientInstanceCapacity' });
+    const launched = await createEc2Activities({ ec2: refused.ec2, cloud: gpuCloud, gpu: { market: 'spot-then-on-demand' } }).launchHost(gpuInput);
+    assert.deepEqual(refused.runs.map((r) => r.InstanceMarketOptions?.MarketType ?? 'on-demand'), ['spot', 'on-demand']);
+    assert.equal(refused.runs[0]!.ImageId, 'ami-0456cdef', "the GPU family's AMI");
+    assert.equal(launched.lifecycle, 'on-demand');
+    const cpu = standIn();
+    await createEc2Activities({ ec2: cpu.ec2, cloud: gpuCloud, gpu: { market: 'spot-then-on-demand' } }).launchHost(input);
+    assert.deepEqual(cpu.runs.map((r) => r.InstanceMarketOptions?.MarketType ?? 'on-demand'), ['on-demand'], 'CPU hosts keep MARKCO_EC2_MARKET');
+  });
+
   test('a retried launch returns the instance tagged with the host id instead of launching another', async () => {
     const existing: InstanceDescription = { instanceId: 'i-0first', state: 'running', instanceType: 't3.small', privateIp: '10.0.0.9', spot: false, launchTime: null, tags: { [hostTag]: input.hostId, [hostKeyTag]: 'ssh-ed25519 AAAAfirst' } };
     const { runs, ec2 } = standIn({ existing: [existing] });

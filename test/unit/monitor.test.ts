@@ -38,6 +38,18 @@ test('the limit in force comes from the cgroup; the row\'s limit only when the c
   assert.equal(d2?.kind === 'pressure' && d2.event.limitBytes, 256 * MiB);
 });
 
+test('idle-wake once when a runtime reported idle is busy again; readings say when the CPU was last busy', () => {
+  const t = new MonitorTracker({ hostId: 'base', idleAfterMs: 10_000, keepAliveMs: 60_000 });
+  const rts = new Map([['rt-u1', runtime()]]);
+  const kinds = (at: number, cpuUsec: number) => t.tick(at, [sample(10, cpuUsec)], rts).map((d) => d.kind).filter((k) => k !== 'pressure');
+  assert.deepEqual(kinds(0, 0), []);
+  assert.deepEqual(kinds(10_000, 0), ['idle']);
+  assert.deepEqual(kinds(12_000, 1_000_000), ['wake'], 'busy again');
+  assert.deepEqual(kinds(14_000, 2_000_000), [], 'once');
+  const reading = t.tick(80_000, [sample(10, 2_000_000)], rts).find((d) => d.kind === 'pressure');
+  assert.equal(reading?.kind === 'pressure' ? reading.event.busyAt : undefined, 14_000, 'the keep-alive reading carries the last busy sample');
+});
+
 test('idle: no CPU and no traffic for the idle time; CPU or traffic resets it; containers without a runtime row are ignored', () => {
   const t = new MonitorTracker({ hostId: 'base', idleAfterMs: 10_000, keepAliveMs: 60_000 });
   let rts = new Map([['rt-u1', runtime()]]);

@@ -3,8 +3,11 @@
  * Plain JSON exchanged by workflows, activities, the edge and the `temporal` CLI (docs/runbook.md).
  */
 
-/** Why a migration runs; `MarkcoOperation` is `migrate`, `critical` or `scale-down` accordingly. */
-export const MigrationReasons = ['operator', 'pressure', 'urgent', 'critical', 'scale-down'] as const;
+/**
+ * Why a migration runs; `MarkcoOperation` is `migrate`, `critical`, `scale-down`, `gpu-hop` (onto the GPU
+ * host), `gpu-return` (back after GPU idleness) or `spot-interruption` accordingly.
+ */
+export const MigrationReasons = ['operator', 'pressure', 'urgent', 'critical', 'scale-down', 'gpu', 'gpu-idle', 'spot-interruption'] as const;
 export type MigrationReason = (typeof MigrationReasons)[number];
 
 export interface MigrateRuntimeInput {

@@ -22,6 +22,12 @@ export const Operation = {
   sandbox: 'sandbox',
   destroySandbox: 'destroy-sandbox',
   sandboxExpiry: 'sandbox-expiry',
+  /** GPU code is about to run: the runtime moves onto a GPU host. */
+  gpuHop: 'gpu-hop',
+  /** GPU work has been idle: the runtime moves back to a CPU tier and the GPU host is terminated. */
+  gpuReturn: 'gpu-return',
+  /** The spot GPU host is being reclaimed: the runtime moves away at once. */
+  spotInterruption: 'spot-interruption',
   /** The resource monitor: watches every ready host and signals users' entities. */
   monitor: 'monitor',
 } as const;
@@ -40,6 +46,8 @@ export const workflowIds = {
   migrate: (userId: string) => `user/${userId}/migrate`,
   /** At most one reservation being made per user at a time. */
   preProvision: (userId: string) => `user/${userId}/pre-provision`,
+  /** The GPU host a gpu-hint reserves, beside the next tier's (their lives overlap). */
+  preProvisionGpu: (userId: string) => `user/${userId}/pre-provision-gpu`,
   /** Launching one EC2 host (a child of pre-provision or of a migration). */
   provisionHost: (hostId: string) => `host/${hostId}/provision`,
   reaper: 'markco-reaper',

@@ -24,7 +24,7 @@ export interface UserRuntimeInput {
  * the user runs or waits is refused (Conflict, the API's 409), since each names what it does (a
  * snapshot's name, the snapshot to restore) and would otherwise act on a runtime that changed meanwhile.
  */
-export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate' | 'idle' | 'snapshot' | 'restore' | 'sandbox';
+export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate' | 'gpu-hop' | 'idle' | 'snapshot' | 'restore' | 'sandbox';
 
 /** What an update answers: the child run that does the work, as the compute API's operation id is made from it. */
 export interface OperationRef {
@@ -49,6 +49,8 @@ export interface PressureSignal {
   hostId: string;
   usedBytes: number;
   limitBytes?: number;
+  /** When the monitor last saw the runtime's CPU busy (epoch ms): GPU work is not idle while it is. */
+  busyAt?: number;
   /** When it was measured: ISO time or epoch milliseconds. */
   at: string | number;
   source: string;
@@ -56,6 +58,8 @@ export interface PressureSignal {
 
 export interface EntityState {
   userId: string;
+  /** The GPU hop: the tier this user may hop to (null: none), and what the policy knows. */
+  gpu: { tier: string | null; hintedAt: string | null; lastUseAt: string | null; onGpu: boolean; idleSince: string | null };
   running: { operation: EntityOperationKind; workflowId: string; runId: string } | null;
   queue: EntityOperationKind[];
   placement: { runtimeId: string; hostId: string; tier: string; memoryLimitBytes: number } | null;
@@ -84,3 +88,47 @@ export interface IdleEvent {
   source: string;
 }
 export const entityStateQuery = defineQuery<EntityState>('entityState');
+
+/** A finding about the code the user runs (the edge reads MRP execute requests; the webhook relays others'). */
+export interface CodeHintEvent {
+  kind: 'gpu-hint' | 'big-ram-hint';
+  /** The patterns that matched (lib/code-hints.ts), for the event log. */
+  matched?: string[];
+  at: string | number;
+  source: string;
+}
+/** gpu-hint: boot a GPU host in the background; big-ram-hint: boot the next tier's host (pre-provision). */
+export const codeHintSignal = defineSignal<[CodeHintEvent]>('codeHint');
+
+/** A cell is about to put work on the GPU (the edge holds it until this answers and the hop is done). */
+export interface GpuUseRequest {
+  userId: string;
+  matched?: string[];
+  source?: string;
+}
+export interface GpuUseAnswer {
+  /** The runtime is on a GPU host already: run the cell now. */
+  onGpu: boolean;
+  /** The hop that was started or joined: the cell waits for it. */
+  operation?: OperationRef;
+  /** Why there is no hop (no GPU for this plan, no runtime running, ...). */
+  reason?: string;
+}
+export const gpuUseUpdate = defineUpdate<GpuUseAnswer, [GpuUseRequest]>('gpuUse');
+
+/** EC2's two-minute notice that a spot host is being reclaimed: move the runtime off it now. */
+export interface SpotInterruptionEvent {
+  hostId: string;
+  at: string | number;
+  source: string;
+}
+export const spotInterruptionSignal = defineSignal<[SpotInterruptionEvent]>('spotInterruption');
+
+/** The monitor saw CPU or the user's traffic again after idle-sleep (idle-wake): an idle checkpoint not yet started is dropped. */
+export interface WakeEvent {
+  runtimeId: string;
+  hostId: string;
+  at: string | number;
+  source: string;
+}
+export const wakeSignal = defineSignal<[WakeEvent]>('wake');
