@@ -196,7 +196,7 @@ export function startTestBootWatcher(state: HarnessState, opts: { deploymentId?:
 /** A worker with the real activities, on a task queue of the test's own, from the run's prebuilt bundle. */
 export async function startTestWorker(
   state: HarnessState,
-  deps: { store: Store; shells: HostShells } & Partial<Pick<ActivityDeps, 'environment' | 'cloud' | 'tiers' | 'archives'>>,
+  deps: { store: Store; shells: HostShells } & Partial<Pick<ActivityDeps, 'environment' | 'cloud' | 'tiers' | 'archives' | 'gpu'>>,
   taskQueue = `test-${randomBytes(4).toString('hex')}`,
 ): Promise<{ worker: Worker; taskQueue: string; connection: NativeConnection }> {
   quietTemporalRuntime();

@@ -27,7 +27,7 @@ export async function startTestEdge(
   state: HarnessState,
   db: TestDatabase,
   taskQueue: string,
-  opts: { devLogin?: boolean; port?: number } = {},
+  opts: { devLogin?: boolean; port?: number; gpuWaitMs?: number } = {},
 ): Promise<RunningEdge> {
   const log = createLogger({ level: process.env.MARKCO_TEST_LOG_LEVEL ?? 'warn', name: 'test-edge' });
   const temporal = await Connection.connect({ address: state.temporal.address });
@@ -38,6 +38,7 @@ export async function startTestEdge(
     namespace: state.temporal.namespace,
     taskQueue,
     http: { adminToken: testAdminToken, publicUrl: 'http://localhost:8080', devLogin: opts.devLogin ?? true },
+    ...(opts.gpuWaitMs !== undefined ? { gpuWaitMs: opts.gpuWaitMs } : {}),
     log,
   });
   const app = buildApp({ health: {}, platform }, { logger: log });

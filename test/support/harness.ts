@@ -35,7 +35,7 @@ export interface HarnessState {
   baseImage: string;
   /** This machine as the base server, with podman storage of the run's own (the built images shared read-only). */
   baseHost: LocalBaseHost;
-  images: { runtime: string; editor: string };
+  images: { runtime: string; runtimeGpu: string; editor: string };
   /**
    * The simulated cloud on the run's emulator and network, set up once per run: instances launched into
    * its subnet get addresses from <prefix>.64 up, where a test's boot watcher (startTestBootWatcher in
@@ -56,6 +56,7 @@ export const harnessStateEnv = 'MARKCO_TEST_HARNESS';
 export const baseImage = process.env.MARKCO_BASE_IMAGE ?? 'localhost/markco-base:bookworm';
 export const testImages = {
   runtime: process.env.MARKCO_RUNTIME_IMAGE ?? 'localhost/markco-runtime:0.4.2',
+  runtimeGpu: process.env.MARKCO_RUNTIME_GPU_IMAGE ?? 'localhost/markco-runtime-gpu:0.4.2',
   editor: process.env.MARKCO_EDITOR_LITE_IMAGE ?? 'localhost/markco-editor-lite:0.1',
 };
 
@@ -75,7 +76,7 @@ export async function freePort(): Promise<number> {
 
 /** Builds whatever image is missing or out of date (seconds when nothing changed). */
 async function ensureImages(): Promise<void> {
-  await local.run([join(repoRoot, 'images', 'build.sh'), 'base', 'node-base', 'runtime', 'editor-lite'], { timeoutMs: 1_200_000 });
+  await local.run([join(repoRoot, 'images', 'build.sh'), 'base', 'node-base', 'runtime', 'runtime-gpu', 'editor-lite'], { timeoutMs: 1_200_000 });
 }
 
 /**
