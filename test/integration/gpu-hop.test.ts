@@ -106,6 +106,21 @@ describe('the GPU hop', () => {
     await sleep(1000);
   });
 
+  test('a big read through the edge boots the next tier in the background (big-ram-hint), once', async () => {
+    const user = await signIn('bigread@example.test');
+    const readCell = ['try:', '    import pandas as pd', "    df = pd.read_csv('/nonexistent/huge.csv')", 'except Exception:', '    df = None'].join('\n');
+    const started = Date.now();
+    await execute(user, readCell);
+    assert.ok(Date.now() - started < 5000, 'the cell is not held');
+    await execute(user, readCell);
+    await waitFor('the next tier reserved for the user', async () => {
+      const r = await s.db.pool.query<{ instance_type: string; state: string }>(`SELECT instance_type, state FROM hosts WHERE reserved_for = $1`, [user.id]);
+      if (r.rows[0]?.state !== 'ready') throw new Error(JSON.stringify(r.rows));
+      assert.deepEqual(r.rows.map((h) => h.instance_type), ['t3.small'], 'one host, of the tier above base');
+    }, { timeoutMs: 120_000, intervalMs: 500 });
+    assert.equal((await runtimeOf(user.id)).hostId, 'base', 'a hint does not move the runtime');
+  });
+
   test('bad hook input is answered 400 and names what is wrong', async () => {
     const r = await request(`${s.edge.url}/hooks/resource`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${testAdminToken}` }, body: JSON.stringify({ type: 'spot-interruption' }) });
     assert.equal(r.statusCode, 400);
