@@ -45,25 +45,37 @@ export function secureCookiesFor(publicUrl: string): boolean {
   return !(url.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname));
 }
 
+/** A signed-in request: the user and the session it came with (live WebSockets are cut by session). */
+export interface SignedIn {
+  user: UserRecord;
+  sessionId: string;
+}
+
 export function createAuth(config: AuthConfig) {
-  const cache = new Map<string, { user: UserRecord; until: number }>();
+  const cache = new Map<string, SignedIn & { until: number }>();
   const adminDigest = config.adminToken ? createHash('sha256').update(config.adminToken).digest() : undefined;
 
+  async function sessionOf(headers: IncomingHttpHeaders): Promise<SignedIn | undefined> {
+    const token = sessionTokenOf(headers);
+    if (!token) return undefined;
+    const hit = cache.get(token);
+    if (hit && hit.until > Date.now()) return { user: hit.user, sessionId: hit.sessionId };
+    const found = await config.sessions.resolve(token);
+    if (!found) {
+      cache.delete(token);
+      return undefined;
+    }
+    if (cache.size >= sessionCacheMax) cache.clear();
+    cache.set(token, { user: found.user, sessionId: found.sessionId, until: Date.now() + sessionCacheMs });
+    return { user: found.user, sessionId: found.sessionId };
+  }
+
   return {
+    sessionOf,
+
     /** The signed-in user, or undefined. */
     async userOf(headers: IncomingHttpHeaders): Promise<UserRecord | undefined> {
-      const token = sessionTokenOf(headers);
-      if (!token) return undefined;
-      const hit = cache.get(token);
-      if (hit && hit.until > Date.now()) return hit.user;
-      const found = await config.sessions.resolve(token);
-      if (!found) {
-        cache.delete(token);
-        return undefined;
-      }
-      if (cache.size >= sessionCacheMax) cache.clear();
-      cache.set(token, { user: found.user, until: Date.now() + sessionCacheMs });
-      return found.user;
+      return (await sessionOf(headers))?.user;
     },
 
     /** Whether the request carries the operators' admin token (compared in constant time). */
