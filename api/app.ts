@@ -1,3 +1,4 @@
+import rateLimit from '@fastify/rate-limit';
 import Fastify, { type FastifyServerOptions } from 'fastify';
 import type { Logger } from '../lib/logger.js';
 import type { PlatformDeps } from './platform.js';
@@ -32,6 +33,8 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     ...opts.server,
   });
   app.register(errors);
+  // Only routes that ask for it (config.rateLimit, api/rate-limits.ts) are limited.
+  app.register(rateLimit, { global: false });
   app.register(healthRoutes(deps.health));
   if (deps.platform) {
     const platform = deps.platform;
