@@ -46,11 +46,11 @@ import { hostEnvShell, type NamespaceHostInfo } from '../test/support/netns.js';
  * Goal (issue 6): the monitor under 10% of one core for 200 containers polled every 2 s; from a crossing
  * to the workflow's start under 3 s.
  *
- *   node --import tsx bench/monitor.ts [CONTAINERS=200] [SECONDS=60]     (CYCLES=5 crossings of each band)
+ *   node --import tsx bench/monitor.ts [CONTAINERS=200] [SECONDS=60]     (CYCLES=8 crossings of each band)
  */
 const containers = Number(process.argv[2] ?? process.env.CONTAINERS ?? 200);
 const seconds = Number(process.argv[3] ?? process.env.SECONDS ?? 60);
-const cycles = Number(process.env.CYCLES ?? 5);
+const cycles = Number(process.env.CYCLES ?? 8);
 const intervalMs = 2000;
 const warmupMs = 12_000;
 if (!(Number.isInteger(containers) && containers >= 0 && containers <= 1000) || !(Number.isInteger(seconds) && seconds >= 10) || !(Number.isInteger(cycles) && cycles >= 1)) {
@@ -351,8 +351,19 @@ const setupCode = [
   '_bench_path = _bench_usage_path()',
   'def _bench_usage():',
   '    with open(_bench_path) as f: return int(f.read())',
+  // Anonymous maps of 1 MiB, written through: freeing them unmaps at once. (1 MiB bytearrays come from
+  // malloc, which after the first frees keeps them in its heap, and the cgroup's usage would not drop.)
+  'import mmap',
   'class Holder:',
+  "    ones = b'\\x01' * (1 << 20)",
   '    def __init__(self): self.parts = []',
+  '    def add(self):',
+  '        m = mmap.mmap(-1, 1 << 20)',
+  '        m.write(Holder.ones)',
+  '        self.parts.append(m)',
+  '    def clear(self):',
+  '        for m in self.parts: m.close()',
+  '        self.parts.clear()',
   "    def __repr__(self): return f'<Holder {len(self.parts)}>'",
   'held = Holder()',
   '_bench_path',
@@ -363,14 +374,14 @@ const numbers = (s: string) => (s.match(/-?\d+(\.\d+)?/g) ?? []).map(Number);
 /** Allocates and writes 1 MiB at a time until the cgroup counter reaches `target`; answers the crossing time (epoch ms) and the usage. */
 async function fillTo(target: number): Promise<{ crossedAt: number; usage: number }> {
   const r = await execute(
-    [`while _bench_usage() < ${target}: held.parts.append(bytearray(b'\\x01') * (1 << 20))`, '_bench_crossed = time.time() * 1000', 'f"{_bench_crossed:.1f} {_bench_usage()}"'].join('\n'),
+    [`while _bench_usage() < ${target}: held.add()`, '_bench_crossed = time.time() * 1000', 'f"{_bench_crossed:.1f} {_bench_usage()}"'].join('\n'),
   );
   const [crossedAt, usage] = numbers(r) as [number, number];
   return { crossedAt, usage };
 }
 
 async function release(): Promise<number> {
-  return numbers(await execute('held.parts.clear()\ngc.collect()\n_bench_usage()'))[0]!;
+  return numbers(await execute('held.clear()\ngc.collect()\n_bench_usage()'))[0]!;
 }
 
 // ---------------------------------------------------------------- the monitor's signals (the real ones, recorded)
@@ -455,6 +466,9 @@ async function startedAfter(workflowId: string, after: number, timeoutMs = 30_00
 
 async function cross(band: Crossing['band'], percent: number, limit: number): Promise<Crossing> {
   const workflowId = band === 'pre-provision' ? workflowIds.preProvision(userId) : workflowIds.migrate(userId);
+  // A crossing lands anywhere between two samples: without this, the 75% fill would always start just
+  // after the sample that carried the 50% one, and wait for almost a whole interval.
+  await sleep(Math.random() * intervalMs);
   const before = Date.now();
   const { crossedAt, usage } = await fillTo(Math.ceil((limit * percent) / 100) + MiB);
   const startedAt = await startedAfter(workflowId, before);
