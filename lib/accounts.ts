@@ -108,7 +108,7 @@ export function createAccounts(pool: pg.Pool) {
         if (token.length < 20 || token.length > 200) return undefined;
         const r = await pool.query<UserRow & { session_id: string; expires_at: Date; last_seen_at: Date }>(
           `SELECT u.*, s.id AS session_id, s.expires_at, s.last_seen_at FROM sessions s JOIN users u ON u.id = s.user_id
-           WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()`,
+           WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.deleting_at IS NULL`,
           [hashToken(token)],
         );
         const row = r.rows[0];
