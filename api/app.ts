@@ -9,6 +9,8 @@ import { hookRoutes } from './routes/hooks.js';
 import { healthRoutes, type HealthChecks } from './routes/health.js';
 import { projectRoutes } from './routes/projects.js';
 import { sessionRoutes } from './routes/session.js';
+import { signInRoutes } from './routes/sign-in.js';
+import { registerCsrfProtection } from './csrf.js';
 import { userProxyRoutes, userProxyUpgrade } from './routes/user-proxy.js';
 
 export interface AppDeps {
@@ -42,7 +44,9 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 16 * 1024 }, (_req, body, done) => {
       done(null, Object.fromEntries(new URLSearchParams(body as string)));
     });
+    registerCsrfProtection(app, { publicUrl: platform.signIn.publicUrl, secureCookies: platform.signIn.secureCookies });
     app.register(sessionRoutes(platform));
+    app.register(signInRoutes(platform));
     app.register(computeRoutes(platform));
     app.register(snapshotRoutes(platform));
     app.register(hookRoutes(platform));

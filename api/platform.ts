@@ -1,6 +1,8 @@
 import type { Agent } from 'node:http';
 import type { ActivityTracker } from '../lib/activity-tracker.js';
+import type { MailTransport } from '../lib/mail.js';
 import type { Operations } from '../lib/operations.js';
+import type { SignInProvider } from '../lib/sign-in-providers.js';
 import type { Store } from '../lib/store.js';
 import type { Tier } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
@@ -23,6 +25,8 @@ export interface PlatformDeps {
   activity: ActivityTracker;
   /** Reads MRP execute requests on their way to the runtime: GPU and big-RAM hints, the GPU hop's hold. */
   executeHints: ExecuteHints;
+  /** Sign-in providers, the mail transport for email links, and the public base URL every callback is built from. */
+  signIn: { providers: Map<string, SignInProvider>; mail: MailTransport | undefined; publicUrl: string; secureCookies: boolean };
   /** The tier ladder per plan, to check a migration target before starting it. */
   tiers: Record<Plan, Tier[]>;
 }

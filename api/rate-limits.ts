@@ -7,5 +7,5 @@ import type { RateLimitOptions } from '@fastify/rate-limit';
  */
 export const signInRateLimit: RateLimitOptions = { max: 20, timeWindow: '1 minute' };
 /** Each request sends an email: tighter, and per address as well as per client (see the route). */
-export const magicLinkRateLimit: RateLimitOptions = { max: 5, timeWindow: '10 minutes' };
+export const magicLinkRateLimit: RateLimitOptions = { max: 10, timeWindow: '10 minutes' };
 export const joinRateLimit: RateLimitOptions = { max: 30, timeWindow: '1 minute' };

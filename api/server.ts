@@ -5,7 +5,9 @@ import proto from '@temporalio/proto';
 import { loadConfig, type Config } from '../lib/config.js';
 import { createPool, pingDatabase, type Pool } from '../lib/db.js';
 import { createLogger, type Logger } from '../lib/logger.js';
+import { fileMailTransport, smtpMailTransport, type MailTransport } from '../lib/mail.js';
 import { createOperations } from '../lib/operations.js';
+import { gitHubProvider, oidcProvider, type SignInProvider } from '../lib/sign-in-providers.js';
 import { createActivityTracker } from '../lib/activity-tracker.js';
 import { createStore } from '../lib/store.js';
 import { defaultTierLadder } from '../lib/tiers.js';
@@ -54,6 +56,8 @@ export async function createPlatform(opts: {
   tiers?: Config['tiers'];
   /** How long a GPU cell is held for the GPU hop (MARKCO_GPU_WAIT_S); 5 min when absent. */
   gpuWaitMs?: number;
+  /** Sign-in providers and the mail transport for email links (none when absent). */
+  signIn?: { providers?: SignInProvider[]; mail?: MailTransport };
   log: Logger;
 }): Promise<{ platform: PlatformDeps; close: () => Promise<void> }> {
   const store = createStore(opts.pool);
@@ -71,6 +75,12 @@ export async function createPlatform(opts: {
     tunnels: new TunnelRegistry(),
     activity: createActivityTracker(opts.pool),
     executeHints: createExecuteHints({ operations, gpuWaitMs: opts.gpuWaitMs ?? 300_000, log: opts.log }),
+    signIn: {
+      providers: new Map((opts.signIn?.providers ?? []).map((p) => [p.id, p])),
+      mail: opts.signIn?.mail,
+      publicUrl: opts.http.publicUrl,
+      secureCookies: secureCookiesFor(opts.http.publicUrl),
+    },
     tiers: opts.tiers ?? defaultTierLadder,
   };
   return {
@@ -80,6 +90,15 @@ export async function createPlatform(opts: {
       await routes.close();
       platform.upstreamAgent.destroy();
     },
+  };
+}
+
+/** The providers and the mail transport the configuration names (lib/config.ts SignInConfig). */
+export function signInFromConfig(config: Pick<Config, 'signIn' | 'dataDir'>): { providers: SignInProvider[]; mail?: MailTransport } {
+  const { oidc, github, mail } = config.signIn;
+  return {
+    providers: [...(oidc ? [oidcProvider(oidc)] : []), ...(github ? [gitHubProvider(github)] : [])],
+    ...(mail.kind === 'smtp' ? { mail: smtpMailTransport(mail.url, mail.from) } : mail.kind === 'file' ? { mail: fileMailTransport(mail.dir) } : {}),
   };
 }
 
@@ -98,6 +117,7 @@ export async function startEdge(config: Config, log: Logger) {
     http: config.http,
     tiers: config.tiers,
     gpuWaitMs: config.gpuWaitMs,
+    signIn: signInFromConfig(config),
     log,
   });
   const app = buildApp(

@@ -100,6 +100,21 @@ const ConfigSchema = z.object({
 
   MARKCO_DEV_LOGIN: bool(false),
 
+  // Sign-in (issue 7): an OpenID Connect provider (Google by default), GitHub, and email links. A
+  // provider is offered when its client id and secret are both set. Callbacks: MARKCO_PUBLIC_URL/auth/callback/<id>.
+  MARKCO_OIDC_ISSUER: z.string().trim().url('expected the issuer URL, such as https://accounts.google.com').default('https://accounts.google.com'),
+  MARKCO_OIDC_PROVIDER: z.string().trim().regex(/^[a-z][a-z0-9-]{0,31}$/, 'expected a short lowercase id such as google').default('google'),
+  MARKCO_OIDC_LABEL: z.string().trim().min(1).max(40).default('Google'),
+  MARKCO_OIDC_CLIENT_ID: optionalString,
+  MARKCO_OIDC_CLIENT_SECRET: optionalString,
+  MARKCO_GITHUB_CLIENT_ID: optionalString,
+  MARKCO_GITHUB_CLIENT_SECRET: optionalString,
+  MARKCO_GITHUB_URL: z.string().trim().url().transform((v) => v.replace(/\/+$/, '')).default('https://github.com'),
+  MARKCO_GITHUB_API_URL: z.string().trim().url().transform((v) => v.replace(/\/+$/, '')).default('https://api.github.com'),
+  MARKCO_MAIL_TRANSPORT: z.enum(['none', 'file', 'smtp'], { error: 'expected none, file or smtp' }).default('none'),
+  MARKCO_SMTP_URL: optionalString,
+  MARKCO_MAIL_FROM: z.string().trim().min(3).default('markco <no-reply@localhost>'),
+
   // Users' containers.
   MARKCO_USERS_DIR: optionalString,
   MARKCO_ARCHIVES_DIR: optionalString,
@@ -202,11 +217,19 @@ export interface Config {
   /** The resource monitor's sampling interval and idle time. */
   monitor: { intervalMs: number; idleAfterMs: number };
   tiers: Record<Plan, Tier[]>;
+  signIn: SignInConfig;
   /** The GPU hop; null when MARKCO_GPU_INSTANCE_TYPE=none or no plan may use it. */
   gpu: GpuSettings | null;
   /** How long the edge holds a cell that uses the GPU while the runtime hops to a GPU host. */
   gpuWaitMs: number;
   cloud: CloudConfig;
+}
+
+/** The sign-in providers and the mail transport (lib/sign-in-providers.ts, lib/mail.ts). */
+export interface SignInConfig {
+  oidc: { id: string; label: string; issuer: string; clientId: string; clientSecret: string } | undefined;
+  github: { clientId: string; clientSecret: string; webUrl: string; apiUrl: string } | undefined;
+  mail: { kind: 'none' } | { kind: 'file'; dir: string } | { kind: 'smtp'; url: string; from: string };
 }
 
 /** Where EC2 hosts come from and how they are launched, reached, reserved and reaped. */
@@ -271,7 +294,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       parsed.error.issues.map((i) => {
         const variable = String(i.path[0] ?? '?');
         const got = env[variable];
-        const shown = variable.includes('TOKEN') || variable.includes('URL') ? '' : ` (got ${JSON.stringify(got)})`;
+        const shown = variable.includes('TOKEN') || variable.includes('URL') || variable.includes('SECRET') ? '' : ` (got ${JSON.stringify(got)})`;
         return { variable, message: `${i.message}${got === undefined ? '' : shown}` };
       }),
     );
@@ -305,6 +328,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError([{ variable: 'MARKCO_S3_KMS_KEY_ID', message: `only used with MARKCO_S3_SSE=aws:kms (it is ${c.MARKCO_S3_SSE})` }]);
   }
   const sshKeyPath = c.MARKCO_SSH_KEY_PATH ?? join(c.MARKCO_DATA_DIR, 'ssh', 'id_ed25519');
+  const halfSet = (id: string | undefined, secret: string | undefined, name: string) =>
+    (id === undefined) !== (secret === undefined) ? [{ variable: id === undefined ? `${name}_CLIENT_ID` : `${name}_CLIENT_SECRET`, message: `set together with ${id === undefined ? `${name}_CLIENT_SECRET` : `${name}_CLIENT_ID`}` }] : [];
+  const signInProblems = [...halfSet(c.MARKCO_OIDC_CLIENT_ID, c.MARKCO_OIDC_CLIENT_SECRET, 'MARKCO_OIDC'), ...halfSet(c.MARKCO_GITHUB_CLIENT_ID, c.MARKCO_GITHUB_CLIENT_SECRET, 'MARKCO_GITHUB')];
+  if (c.MARKCO_MAIL_TRANSPORT === 'smtp' && !c.MARKCO_SMTP_URL) signInProblems.push({ variable: 'MARKCO_SMTP_URL', message: 'required when MARKCO_MAIL_TRANSPORT=smtp (smtps://user:password@host:465)' });
+  if (signInProblems.length > 0) throw new ConfigError(signInProblems);
+  const signIn: SignInConfig = {
+    oidc: c.MARKCO_OIDC_CLIENT_ID && c.MARKCO_OIDC_CLIENT_SECRET ? { id: c.MARKCO_OIDC_PROVIDER, label: c.MARKCO_OIDC_LABEL, issuer: c.MARKCO_OIDC_ISSUER, clientId: c.MARKCO_OIDC_CLIENT_ID, clientSecret: c.MARKCO_OIDC_CLIENT_SECRET } : undefined,
+    github: c.MARKCO_GITHUB_CLIENT_ID && c.MARKCO_GITHUB_CLIENT_SECRET ? { clientId: c.MARKCO_GITHUB_CLIENT_ID, clientSecret: c.MARKCO_GITHUB_CLIENT_SECRET, webUrl: c.MARKCO_GITHUB_URL, apiUrl: c.MARKCO_GITHUB_API_URL } : undefined,
+    mail: c.MARKCO_MAIL_TRANSPORT === 'smtp' ? { kind: 'smtp', url: c.MARKCO_SMTP_URL!, from: c.MARKCO_MAIL_FROM } : c.MARKCO_MAIL_TRANSPORT === 'file' ? { kind: 'file', dir: join(c.MARKCO_DATA_DIR, 'mail') } : { kind: 'none' },
+  };
   const gpuPlans = c.MARKCO_GPU_PLANS.split(',').map((p) => p.trim()).filter((p): p is Plan => p !== '');
   const gpu: GpuSettings | null =
     c.MARKCO_GPU_INSTANCE_TYPE === 'none' || gpuPlans.length === 0
@@ -312,6 +345,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       : { tier: gpuTierOf(c.MARKCO_GPU_INSTANCE_TYPE), plans: gpuPlans, idleAfterMs: c.MARKCO_GPU_IDLE_AFTER_S * 1000, market: c.MARKCO_GPU_MARKET, runtimeImage: c.MARKCO_RUNTIME_GPU_IMAGE };
   return {
     tiers,
+    signIn,
     gpu,
     gpuWaitMs: c.MARKCO_GPU_WAIT_S * 1000,
     cloud: {

@@ -1,5 +1,8 @@
 import type pg from 'pg';
+import { createAccountDeletionStore } from './account-deletion.js';
 import { createAccounts } from './accounts.js';
+import { createIdentities } from './identities.js';
+import { createMembershipStore } from './memberships.js';
 import { createPortLeaseStore } from './port-leases.js';
 import { createRuntimeStore } from './runtime-store.js';
 import { createSnapshotStore } from './snapshot-store.js';
@@ -204,11 +207,15 @@ export interface EventRecord {
 }
 
 export function createStore(pool: pg.Pool) {
+  const accounts = createAccounts(pool);
   return {
     pool,
-    ...createAccounts(pool),
+    ...accounts,
+    identities: createIdentities(pool, accounts.users),
     ...createRuntimeStore(pool),
     ...createSnapshotStore(pool),
+    ...createAccountDeletionStore(pool),
+    ...createMembershipStore(pool),
     ports: createPortLeaseStore(pool),
     hosts: {
       async get(id: string): Promise<HostRecord | undefined> {

@@ -2,6 +2,7 @@ import type { FastifyPluginAsync, FastifyReply } from 'fastify';
 import { z } from 'zod';
 import type { UserRecord } from '../../lib/accounts.js';
 import { requireUser, sessionTokenOf, wantsHtml } from '../auth.js';
+import { safeNextPath } from '../../lib/identities.js';
 import { escapeHtml, page } from '../html.js';
 import type { PlatformDeps } from '../platform.js';
 import { parseBody } from '../validation.js';
@@ -34,7 +35,7 @@ export async function environmentOf(deps: PlatformDeps, user: UserRecord) {
   };
 }
 
-function dashboardPage(view: Awaited<ReturnType<typeof environmentOf>>): string {
+function dashboardPage(view: Awaited<ReturnType<typeof environmentOf>>, csrfField: string): string {
   const ready = view.runtime.state === 'running' && view.editor.state === 'running';
   return page({
     title: 'Dashboard',
@@ -47,7 +48,7 @@ function dashboardPage(view: Awaited<ReturnType<typeof environmentOf>>): string 
   <tr><th>Editor</th><td>${escapeHtml(view.editor.state)}</td></tr>
 </table>
 <p>${ready ? `<a class="button" href="${escapeHtml(view.editor.url)}">Open editor</a>` : 'Starting your runtime and editor…'}</p>
-<form method="post" action="/logout"><button type="submit">Sign out</button></form>`,
+<form method="post" action="/logout">${csrfField}<button type="submit">Sign out</button></form>`,
   });
 }
 
@@ -58,11 +59,18 @@ export function sessionRoutes(deps: PlatformDeps): FastifyPluginAsync {
     app.get('/login', async (req, reply) => {
       const user = await deps.auth.userOf(req.headers);
       if (user) return reply.redirect('/dashboard', 302);
+      const next = safeNextPath((req.query as { next?: string }).next);
+      const nextQuery = next === '/dashboard' ? '' : `?next=${encodeURIComponent(next)}`;
+      const providers = [...deps.signIn.providers.values()].map((p) => `<p><a class="button" href="/login/${escapeHtml(p.id)}${escapeHtml(nextQuery)}">Sign in with ${escapeHtml(p.label)}</a></p>`).join('');
+      const emailForm = deps.signIn.mail
+        ? `<form method="post" action="/login/email">${reply.csrfField()}<input type="hidden" name="next" value="${escapeHtml(next)}"><label>Email <input name="email" type="email" required></label> <button type="submit">Email me a sign-in link</button></form>`
+        : '';
       const devForm = deps.devLogin
         ? `<form id="dev" onsubmit="event.preventDefault();fetch('/auth/dev/login',{method:'POST',headers:{'content-type':'application/json'},body:JSON.stringify({email:this.email.value})}).then(r=>{if(r.ok)location.href=new URLSearchParams(location.search).get('next')||'/dashboard';else r.json().then(j=>alert(j.message))})">
   <label>Email <input name="email" type="email" required></label> <button>Development sign-in</button></form>`
-        : '<p>Sign-in providers are not configured on this server.</p>';
-      return reply.type('text/html; charset=utf-8').send(page({ title: 'Sign in', body: `<h1>Sign in to markco</h1>${devForm}` }));
+        : '';
+      const body = providers + emailForm + devForm || '<p>Sign-in providers are not configured on this server.</p>';
+      return reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(page({ title: 'Sign in', body: `<h1>Sign in to markco</h1>${body}` }));
     });
 
     if (deps.devLogin) {
@@ -94,7 +102,7 @@ export function sessionRoutes(deps: PlatformDeps): FastifyPluginAsync {
 
     app.get('/dashboard', { preHandler: signedIn }, async (req, reply) => {
       const view = await environmentOf(deps, req.user!);
-      if (wantsHtml(req)) return reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(dashboardPage(view));
+      if (wantsHtml(req)) return reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(dashboardPage(view, reply.csrfField()));
       return reply.header('cache-control', 'no-store').send(view);
     });
   };

@@ -1,3 +1,5 @@
+import type { MailTransport } from '../../lib/mail.js';
+import type { SignInProvider } from '../../lib/sign-in-providers.js';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
@@ -27,7 +29,7 @@ export async function startTestEdge(
   state: HarnessState,
   db: TestDatabase,
   taskQueue: string,
-  opts: { devLogin?: boolean; port?: number; gpuWaitMs?: number } = {},
+  opts: { devLogin?: boolean; port?: number; gpuWaitMs?: number; publicUrl?: string; signIn?: { providers?: SignInProvider[]; mail?: MailTransport } } = {},
 ): Promise<RunningEdge> {
   const log = createLogger({ level: process.env.MARKCO_TEST_LOG_LEVEL ?? 'warn', name: 'test-edge' });
   const temporal = await Connection.connect({ address: state.temporal.address });
@@ -37,7 +39,8 @@ export async function startTestEdge(
     temporal,
     namespace: state.temporal.namespace,
     taskQueue,
-    http: { adminToken: testAdminToken, publicUrl: 'http://localhost:8080', devLogin: opts.devLogin ?? true },
+    http: { adminToken: testAdminToken, publicUrl: opts.publicUrl ?? 'http://localhost:8080', devLogin: opts.devLogin ?? true },
+    ...(opts.signIn ? { signIn: opts.signIn } : {}),
     ...(opts.gpuWaitMs !== undefined ? { gpuWaitMs: opts.gpuWaitMs } : {}),
     log,
   });
