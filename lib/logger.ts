@@ -1,4 +1,4 @@
-import { pino, type Logger, type LoggerOptions } from 'pino';
+import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino';
 
 export type { Logger };
 
@@ -32,7 +32,7 @@ const requestSerializer = (req: { method?: string; url?: string; ip?: string; he
 });
 
 /** One pino root per process: JSON to stdout, pretty only on a terminal (when pino-pretty is installed). */
-export function createLogger(opts: { level: string; name: string }): Logger {
+export function createLogger(opts: { level: string; name: string; destination?: DestinationStream }): Logger {
   const options: LoggerOptions = {
     name: opts.name,
     level: opts.level,
@@ -40,6 +40,7 @@ export function createLogger(opts: { level: string; name: string }): Logger {
     serializers: { req: requestSerializer },
     base: { pid: process.pid },
   };
+  if (opts.destination) return pino(options, opts.destination);
   if (process.stdout.isTTY && process.env.MARKCO_LOG_FORMAT !== 'json') {
     try {
       return pino({ ...options, transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } });

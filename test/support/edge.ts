@@ -12,7 +12,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../api/app.js';
 import { createPlatform } from '../../api/server.js';
 import type { HostShells } from '../../activities/host-shell.js';
-import { createLogger } from '../../lib/logger.js';
+import { createLogger, type Logger } from '../../lib/logger.js';
 import type { HarnessState } from './harness.js';
 import { startTestWorker, type TestDatabase } from './context.js';
 
@@ -29,9 +29,9 @@ export async function startTestEdge(
   state: HarnessState,
   db: TestDatabase,
   taskQueue: string,
-  opts: { devLogin?: boolean; port?: number; gpuWaitMs?: number; publicUrl?: string; signIn?: { providers?: SignInProvider[]; mail?: MailTransport } } = {},
+  opts: { devLogin?: boolean; port?: number; gpuWaitMs?: number; publicUrl?: string; signIn?: { providers?: SignInProvider[]; mail?: MailTransport }; log?: Logger } = {},
 ): Promise<RunningEdge> {
-  const log = createLogger({ level: process.env.MARKCO_TEST_LOG_LEVEL ?? 'warn', name: 'test-edge' });
+  const log = opts.log ?? createLogger({ level: process.env.MARKCO_TEST_LOG_LEVEL ?? 'warn', name: 'test-edge' });
   const temporal = await Connection.connect({ address: state.temporal.address });
   const { platform, close } = await createPlatform({
     pool: db.pool,

@@ -14,7 +14,7 @@ import { harnessStateEnv, startHarness, type RunningHarness } from './harness.js
  *   run.ts unit       the fast tier (no harness)
  *   run.ts FILE...    just those files
  */
-const tiers = ['unit', 'integration'] as const;
+const tiers = ['unit', 'integration', 'security'] as const;
 
 function testFiles(dir: string): string[] {
   if (!existsSync(dir)) return [];
