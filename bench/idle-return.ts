@@ -16,6 +16,7 @@ import { Plans, type Plan } from '../workflows/contracts/users.js';
 import { emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, type TestDatabase } from '../test/support/context.js';
 import { startHarness, type RunningHarness } from '../test/support/harness.js';
 import { hostEnvShell } from '../test/support/netns.js';
+import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
 
 /**
  * Idle checkpoint and return of a runtime holding SIZES MiB of random bytes (default 100 and 1024),
@@ -74,24 +75,9 @@ let userId = '';
 
 async function cleanup(): Promise<void> {
   if (h && userId) await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
-  if (worker) {
-    worker.shutdown();
-    await Promise.race([workerRunning?.catch(() => undefined), new Promise((r) => setTimeout(r, 30_000))]);
-  }
-  archives?.s3.destroy();
-  await temporal?.close().catch(() => undefined);
-  await shells?.closeAll().catch(() => undefined);
-  await db?.drop().catch(() => undefined);
-  await h?.teardown();
+  await stopBenchParts({ worker, workerRunning, closers: [() => archives?.s3.destroy(), () => temporal?.close(), () => shells?.closeAll(), () => db?.drop()], harness: h });
 }
-let stopping = false;
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    if (stopping) return;
-    stopping = true;
-    void cleanup().finally(() => process.exit(130));
-  });
-}
+const signalled = cleanUpOnSignal(cleanup);
 
 async function runtime() {
   const rt = await db!.store.runtimes.live(userId);
@@ -240,5 +226,5 @@ try {
   }
   console.log(`load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 } finally {
-  if (!stopping) await cleanup();
+  if (!signalled.stopping) await cleanup();
 }

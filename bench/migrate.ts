@@ -17,6 +17,7 @@ import { Plans, type Plan } from '../workflows/contracts/users.js';
 import { connectionTo, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testShells, type TestDatabase } from '../test/support/context.js';
 import { freePort, startHarness, type RunningHarness } from '../test/support/harness.js';
 import { hostEnvShell, machineImageStore, storageConf, type NamespaceHostInfo } from '../test/support/netns.js';
+import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
 
 /**
  * Live migration of a runtime holding GIB of random bytes, host to host, against the seeds' raw pipeline
@@ -130,28 +131,10 @@ async function cleanup(): Promise<void> {
     }
   }
   for (const f of benchFiles.splice(0)) rmSync(f, { recursive: true, force: true });
-  if (worker) {
-    worker.shutdown();
-    // An activity that ignores its cancellation would hold the shutdown forever; the harness's teardown
-    // kills whatever such an activity still runs on the hosts.
-    const stuck = await Promise.race([workerRunning?.then(() => false, () => false), new Promise<boolean>((r) => setTimeout(() => r(true), 30_000))]);
-    if (stuck) console.error('the worker did not stop within 30 s of its shutdown (an activity ignored its cancellation); tearing down anyway');
-  }
-  await temporal?.close().catch(() => undefined);
-  await shells?.closeAll().catch(() => undefined);
-  await db?.drop().catch(() => undefined);
-  await h?.teardown();
+  await stopBenchParts({ worker, workerRunning, closers: [() => temporal?.close(), () => shells?.closeAll(), () => db?.drop()], harness: h });
 }
 
-let stopping = false;
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    if (stopping) return;
-    stopping = true;
-    console.error(`\n${sig}: cleaning up`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
+const signalled = cleanUpOnSignal(cleanup);
 
 let knownHosts = '';
 const sshOpts = () => ['-i', h!.state.sshKeyPath, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes'];
@@ -463,7 +446,7 @@ try {
   for (const x of hashes) console.log(`hashing the received ${(x.bytes / 2 ** 20).toFixed(0)} MiB archive: ${x.tool} ${ms(x.ms)} (${((x.ms / 1000) * (GiB / x.bytes)).toFixed(1)} s/GiB)`);
   console.log(`load average at end ${loadAtEnd.map((l) => l.toFixed(2)).join(' ')}; bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);
 } finally {
-  if (!stopping) await cleanup();
+  if (!signalled.stopping) await cleanup();
 }
 
 /**

@@ -17,6 +17,7 @@ import { createWorker, entitySignals } from '../workers/worker.js';
 import { connectionTo, emulatorEc2, freshDatabase, registerBaseHost, temporalClient, testCloud, testEnvironment, testShells, type TestDatabase } from '../test/support/context.js';
 import { startHarness, type RunningHarness } from '../test/support/harness.js';
 import { hostEnvShell, type NamespaceHostInfo } from '../test/support/netns.js';
+import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
 
 /**
  * The resource monitor at scale: CONTAINERS runtime-labelled containers spread over the harness's two
@@ -263,29 +264,10 @@ async function cleanup(): Promise<void> {
   if (temporal && monitorId) await temporal.client.workflow.getHandle(monitorId).terminate('bench over').catch(() => undefined);
   if (h && userId) await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
   await removeBenchContainers().catch(() => undefined);
-  if (worker) {
-    worker.shutdown();
-    const stuck = await Promise.race([workerRunning?.then(() => false, () => false), sleep(30_000).then(() => true)]);
-    if (stuck) console.error('the worker did not stop within 30 s of its shutdown; tearing down anyway');
-  }
-  await closeWorkerConnections?.().catch(() => undefined);
-  ec2?.destroy();
-  await temporal?.close().catch(() => undefined);
-  await shells?.closeAll().catch(() => undefined);
-  await db?.drop().catch(() => undefined);
-  // Removes whatever is left on the hosts (every container of the run's storages), the namespaces and the servers.
-  await h?.teardown();
+  await stopBenchParts({ worker, workerRunning, closers: [() => closeWorkerConnections?.(), () => ec2?.destroy(), () => temporal?.close(), () => shells?.closeAll(), () => db?.drop()], harness: h });
 }
 
-let stopping = false;
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    if (stopping) return;
-    stopping = true;
-    console.error(`\n${sig}: cleaning up`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
+const signalled = cleanUpOnSignal(cleanup);
 
 /** A command run by a namespace host's own podman setup (its storage, inside its network namespace). */
 function onHost(host: NamespaceHostInfo, argv: string[], timeoutMs = 120_000) {
@@ -671,5 +653,5 @@ try {
   console.log(`    of which crossing -> sample ${ms(median(sampled))} median (${ms(Math.max(...sampled))} max), sample -> workflow start ${ms(median(afterSample))} median (${ms(Math.max(...afterSample))} max)`);
   console.log(`load average at start ${loadAtStart.map((l) => l.toFixed(2)).join(' ')}, at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);
 } finally {
-  if (!stopping) await cleanup();
+  if (!signalled.stopping) await cleanup();
 }
