@@ -8,6 +8,7 @@ import { WebSocket } from 'ws';
 import type { HostShells } from '../../activities/host-shell.js';
 import { waitFor } from '../../infra/dev/processes.js';
 import { freshDatabase, registerBaseHost, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { edgeClient } from '../support/edge-client.js';
 import { startEdgeWorker, startGitServer, startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
 import { hostEnvShell } from '../support/netns.js';
 
@@ -38,34 +39,7 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
   let runtimePort: number;
   let syncPort: number;
 
-  const call = async (path: string, init: { method?: string; session?: Session; headers?: Record<string, string>; body?: unknown; raw?: string } = {}) => {
-    const res = await request(`${edge.url}${path}`, {
-      method: (init.method ?? (init.body === undefined && init.raw === undefined ? 'GET' : 'POST')) as 'GET',
-      headers: {
-        ...(init.session ? { cookie: init.session.cookie } : {}),
-        ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}),
-        ...init.headers,
-      },
-      body: init.raw ?? (init.body === undefined ? undefined : JSON.stringify(init.body)),
-      headersTimeout: 120_000,
-      bodyTimeout: 120_000,
-    });
-    const text = await res.body.text();
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    return { status: res.statusCode, headers: res.headers, text, json: json as Record<string, any> };
-  };
-
-  const devLogin = async (email: string): Promise<Session & { setCookie: string }> => {
-    const res = await call('/auth/dev/login', { body: { email } });
-    assert.equal(res.status, 200, res.text);
-    const setCookie = String(res.headers['set-cookie']);
-    return { id: res.json.user.id, cookie: setCookie.split(';')[0]!, setCookie };
-  };
+  const { call, devLogin, wsOpen } = edgeClient(() => edge.url);
 
   const waitReady = (s: Session) =>
     waitFor(
@@ -79,17 +53,6 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     );
 
   const mrp = (s: Session, owner: string, path: string, body: unknown) => call(`/u/${owner}/proxy/${runtimePort}/mrp/v1/${path}`, { session: s, body });
-
-  const wsOpen = (path: string, s?: Session): Promise<{ ws?: WebSocket; status?: number; first?: string }> =>
-    new Promise((resolve) => {
-      const ws = new WebSocket(`${edge.url.replace('http', 'ws')}${path}`, { headers: s ? { cookie: s.cookie } : {} });
-      ws.once('unexpected-response', (_req, res) => {
-        resolve({ status: res.statusCode ?? 0 });
-        ws.terminate();
-      });
-      ws.once('message', (data) => resolve({ ws, first: data.toString() }));
-      ws.once('error', () => resolve({}));
-    });
 
   before(async () => {
     db = await freshDatabase(h.state);
@@ -224,7 +187,7 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
   test('the compute API: operators only, 202 + operation, ?wait, live stats, clear 4xx', async () => {
     assert.equal((await call('/api/runtimes', { body: { user_id: a.id } })).status, 401);
     assert.equal((await call('/api/runtimes', { body: { user_id: a.id }, headers: { authorization: 'Bearer wrong-token-wrong-token-wrong-token' } })).status, 403);
-    assert.equal((await call('/api/runtimes', { body: { user_id: a.id }, session: a })).status, 401, 'a user session is not an operator');
+    assert.equal((await call('/api/runtimes', { body: { user_id: a.id }, session: a })).status, 403, 'a user session is not an operator');
     const admin = { authorization: `Bearer ${testAdminToken}` };
     const bad = await call('/api/runtimes', { body: { user_id: 'nope', plan: 'gold', extra: 1 }, headers: admin });
     assert.equal(bad.status, 400);
