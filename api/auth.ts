@@ -89,6 +89,11 @@ export function createAuth(config: AuthConfig) {
       cache.delete(token);
     },
 
+    /** Drops every cached session of the user (their account is being deleted: none may be reused, even briefly). */
+    forgetUser(userId: string): void {
+      for (const [token, entry] of cache) if (entry.user.id === userId) cache.delete(token);
+    },
+
     cookie(token: string, expiresAt: Date): string {
       const maxAge = Math.max(0, Math.floor((expiresAt.getTime() - Date.now()) / 1000));
       return `${sessionCookie}=${token}; Path=/; Max-Age=${maxAge}; HttpOnly; SameSite=Lax${config.secureCookies ? '; Secure' : ''}`;
@@ -136,11 +141,20 @@ export function answerUnauthenticated(req: FastifyRequest, reply: FastifyReply) 
   return reply.code(401).send({ error: 'unauthenticated', message: unauthenticatedMessage });
 }
 
-/** preHandler for operator routes: the admin token, or 401/403 saying which is wrong. */
+/**
+ * preHandler for operator routes: the admin token, or a signed-in user with the operator role
+ * (users.is_operator); else 401/403 saying which is wrong.
+ */
 export function requireOperator(auth: Auth, configured: boolean) {
   return async (req: FastifyRequest, reply: FastifyReply) => {
     if (auth.isOperator(req.headers)) return;
-    if (!configured) return reply.code(401).send({ error: 'unauthenticated', message: 'operator routes need MARKCO_ADMIN_TOKEN to be configured on the edge' });
+    const user = req.headers.cookie || !configured ? await auth.userOf(req.headers) : undefined;
+    if (user?.isOperator) {
+      req.user = user;
+      return;
+    }
+    if (user) return reply.code(403).send({ error: 'forbidden', message: 'this route is for operators' });
+    if (!configured) return reply.code(401).send({ error: 'unauthenticated', message: 'operator routes need MARKCO_ADMIN_TOKEN to be configured on the edge, or a session of a user with the operator role' });
     if (!req.headers.authorization) return reply.code(401).send({ error: 'unauthenticated', message: 'send Authorization: Bearer <MARKCO_ADMIN_TOKEN>' });
     return reply.code(403).send({ error: 'forbidden', message: 'the bearer token is not the operators\' token' });
   };
