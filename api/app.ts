@@ -7,6 +7,7 @@ import { computeRoutes } from './routes/compute.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { hookRoutes } from './routes/hooks.js';
 import { healthRoutes, type HealthChecks } from './routes/health.js';
+import { inviteRoutes } from './routes/invites.js';
 import { projectRoutes } from './routes/projects.js';
 import { sessionRoutes } from './routes/session.js';
 import { signInRoutes } from './routes/sign-in.js';
@@ -51,6 +52,7 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     app.register(snapshotRoutes(platform));
     app.register(hookRoutes(platform));
     app.register(projectRoutes(platform));
+    app.register(inviteRoutes(platform));
     app.register(userProxyRoutes(platform));
     app.server.on('upgrade', userProxyUpgrade(platform, app.log));
     // Upgraded sockets are no longer the HTTP server's: cut them first, or closing would wait on them.

@@ -7,6 +7,7 @@ import type { Store } from '../lib/store.js';
 import type { Tier } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
 import type { Auth } from './auth.js';
+import type { CollaboratorAccess, EditorTunnel } from './collaborators.js';
 import type { ExecuteHints } from './proxy/execute-hints.js';
 import type { TunnelRegistry } from './proxy/forward.js';
 import type { RouteTable } from './route-table.js';
@@ -20,7 +21,10 @@ export interface PlatformDeps {
   devLogin: boolean;
   adminConfigured: boolean;
   upstreamAgent: Agent;
-  tunnels: TunnelRegistry;
+  /** Live WebSockets to users' editors, cut by owner, session or membership (`closeWhere`). */
+  tunnels: TunnelRegistry<EditorTunnel>;
+  /** Who else may open a user's editor (memberships), and cutting access that ends. */
+  collaborators: CollaboratorAccess;
   /** Traffic to a user's editor counts as activity: the monitor never takes that user for idle. */
   activity: ActivityTracker;
   /** Reads MRP execute requests on their way to the runtime: GPU and big-RAM hints, the GPU hop's hold. */

@@ -14,6 +14,8 @@ export interface EditorUpstream {
   host: string;
   port: number;
   state: string;
+  /** The runtime port the editor was last told, the only one its `/proxy/<port>/` may reach through the edge. */
+  runtimePort: number | null;
 }
 
 const cacheTtlMs = 60_000;
@@ -63,15 +65,15 @@ export function createRouteTable(opts: { pool: pg.Pool; databaseUrl: string; log
       if (hit && hit.until > Date.now()) return hit.upstream;
       // A runtime that lives in its idle checkpoint makes the route `checkpointed` even while the editor
       // runs: the visit must bring the runtime back, not open an editor whose runtime is gone.
-      const r = await opts.pool.query<{ port: number | null; state: string; host_id: string; kind: HostKind; address: string | null; runtime_state: string | null }>(
-        `SELECT e.port, e.state, e.host_id, h.kind, h.address, rt.state AS runtime_state FROM editors e JOIN hosts h ON h.id = e.host_id
+      const r = await opts.pool.query<{ port: number | null; state: string; runtime_port: number | null; host_id: string; kind: HostKind; address: string | null; runtime_state: string | null }>(
+        `SELECT e.port, e.state, e.runtime_port, e.host_id, h.kind, h.address, rt.state AS runtime_state FROM editors e JOIN hosts h ON h.id = e.host_id
          LEFT JOIN runtimes rt ON rt.user_id = e.user_id AND rt.kind = 'user' AND rt.state NOT IN ('stopped', 'failed')
          WHERE e.user_id = $1 AND e.state NOT IN ('stopped', 'failed')`,
         [userId],
       );
       const row = r.rows[0];
       const state = row && (row.runtime_state === 'checkpointed' || row.runtime_state === 'restoring') ? 'checkpointed' : row?.state;
-      const upstream = row?.port ? { host: reachableAddressOf({ id: row.host_id, kind: row.kind, address: row.address }), port: row.port, state: state! } : undefined;
+      const upstream = row?.port ? { host: reachableAddressOf({ id: row.host_id, kind: row.kind, address: row.address }), port: row.port, state: state!, runtimePort: row.runtime_port } : undefined;
       if (listening) cache.set(userId, { upstream, until: Date.now() + cacheTtlMs });
       return upstream;
     },

@@ -12,6 +12,7 @@ import { createActivityTracker } from '../lib/activity-tracker.js';
 import { createStore } from '../lib/store.js';
 import { defaultTierLadder } from '../lib/tiers.js';
 import { buildApp } from './app.js';
+import { createCollaboratorAccess, type EditorTunnel } from './collaborators.js';
 import { createAuth, secureCookiesFor } from './auth.js';
 import type { PlatformDeps } from './platform.js';
 import { createExecuteHints } from './proxy/execute-hints.js';
@@ -64,6 +65,7 @@ export async function createPlatform(opts: {
   const routes = createRouteTable({ pool: opts.pool, databaseUrl: opts.databaseUrl, log: opts.log });
   await routes.start();
   const operations = createOperations(new Client({ connection: opts.temporal, namespace: opts.namespace }), opts.taskQueue);
+  const tunnels = new TunnelRegistry<EditorTunnel>();
   const platform: PlatformDeps = {
     store,
     auth: createAuth({ sessions: store.sessions, adminToken: opts.http.adminToken, secureCookies: secureCookiesFor(opts.http.publicUrl) }),
@@ -72,7 +74,8 @@ export async function createPlatform(opts: {
     devLogin: opts.http.devLogin,
     adminConfigured: opts.http.adminToken !== undefined,
     upstreamAgent: createUpstreamAgent(),
-    tunnels: new TunnelRegistry(),
+    tunnels,
+    collaborators: createCollaboratorAccess({ memberships: store.memberships, tunnels }),
     activity: createActivityTracker(opts.pool),
     executeHints: createExecuteHints({ operations, gpuWaitMs: opts.gpuWaitMs ?? 300_000, log: opts.log }),
     signIn: {

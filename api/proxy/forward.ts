@@ -17,6 +17,12 @@ export type ForwardedInfo = {
   forwardedHost?: string;
   /** Path prefix the edge stripped, so the upstream can build absolute links that still route back to it. */
   forwardedPrefix?: string;
+  /**
+   * Name of the edge's own session cookie. When set, that cookie and any Authorization header are kept from
+   * the upstream: they are the caller's credentials for the edge, and the upstream may be run by someone
+   * else (a collaborator's session must never reach the owner's editor).
+   */
+  edgeCookie?: string;
 };
 
 export type ForwardHttpOptions = ForwardedInfo & {
@@ -32,10 +38,11 @@ export type ForwardHttpOptions = ForwardedInfo & {
 
 export type HttpOutcome = 'completed' | 'client-aborted' | 'upstream-error';
 
-export type ForwardUpgradeOptions = ForwardedInfo & {
-  /** With `key`, registers the opened tunnel so it can be cut later (e.g. when access is revoked). */
-  tunnels?: TunnelRegistry;
+export type ForwardUpgradeOptions<M = undefined> = ForwardedInfo & {
+  /** With `key`, registers the opened tunnel (and `meta` about it) so it can be cut later, e.g. when access is revoked. */
+  tunnels?: TunnelRegistry<M>;
   key?: string;
+  meta?: M;
 };
 
 /**
@@ -117,11 +124,20 @@ function addHeader(headers: Record<string, string | string[]>, name: string, val
   else headers[name] = [existing, value];
 }
 
+/** A Cookie header without the named cookie; undefined when nothing else is left. */
+function cookieHeaderWithout(header: string, name: string): string | undefined {
+  const kept = header.split(';').filter((part) => {
+    const eq = part.indexOf('=');
+    return part.trim() !== '' && (eq < 0 ? part.trim() : part.slice(0, eq).trim()) !== name;
+  });
+  return kept.length > 0 ? kept.map((part) => part.trim()).join('; ') : undefined;
+}
+
 /**
  * Built from rawHeaders rather than `req.headers` so repeated headers reach the upstream as they were sent
  * instead of being folded together by Node.
  */
-function upstreamRequestHeaders(req: IncomingMessage, target: ForwardTarget, fwd: ForwardedInfo, keep: ReadonlySet<string> = NOTHING_KEPT): Record<string, string | string[]> {
+export function upstreamRequestHeaders(req: IncomingMessage, target: ForwardTarget, fwd: ForwardedInfo, keep: ReadonlySet<string> = NOTHING_KEPT): Record<string, string | string[]> {
   const raw = req.rawHeaders;
   const connectionNamed = connectionNamedHeaders(raw);
   const headers: Record<string, string | string[]> = {};
@@ -130,6 +146,12 @@ function upstreamRequestHeaders(req: IncomingMessage, target: ForwardTarget, fwd
     // The front server has already answered `Expect: 100-continue`; forwarding it would only make the
     // upstream send a 100 nobody is waiting for.
     if (isHopByHop(name, connectionNamed, keep) || name === 'host' || name === 'expect') continue;
+    if (fwd.edgeCookie !== undefined && name === 'authorization') continue;
+    if (fwd.edgeCookie !== undefined && name === 'cookie') {
+      const rest = cookieHeaderWithout(raw[i + 1]!, fwd.edgeCookie);
+      if (rest !== undefined) addHeader(headers, name, rest);
+      continue;
+    }
     addHeader(headers, name, raw[i + 1]!);
   }
   // Upstreams route and build links from Host; the incoming one names the edge, not them.
@@ -315,20 +337,20 @@ export function forwardHttp(req: IncomingMessage, res: ServerResponse, target: F
   });
 }
 
-function formatHead(statusCode: number, statusMessage: string, pairs: Array<[string, string]>): string {
+export function formatHead(statusCode: number, statusMessage: string, pairs: Array<[string, string]>): string {
   let head = `HTTP/1.1 ${statusCode} ${statusMessage || http.STATUS_CODES[statusCode] || ''}\r\n`;
   for (const [name, value] of pairs) head += `${name}: ${value}\r\n`;
   return `${head}\r\n`;
 }
 
 /** End then destroy, so the last bytes are flushed before a half-open client could hold the socket forever. */
-function finishAndDestroy(socket: Duplex, data?: string): void {
+export function finishAndDestroy(socket: Duplex, data?: string): void {
   if (socket.destroyed) return;
   socket.once('finish', () => socket.destroy());
   socket.end(data);
 }
 
-function tuneSocket(socket: Duplex): void {
+export function tuneSocket(socket: Duplex): void {
   if (socket instanceof net.Socket) {
     // Interactive traffic (keystrokes, cursor updates) must not wait for Nagle to batch it.
     socket.setNoDelay(true);
@@ -337,13 +359,26 @@ function tuneSocket(socket: Duplex): void {
   }
 }
 
+/** Fails a client's upgrade with 502 and the reason the upstream could not be reached. */
+export function answerUpgradeBadGateway(socket: Duplex, err: unknown): void {
+  const body = `editor unreachable: ${reasonOf(err)}\n`;
+  finishAndDestroy(
+    socket,
+    formatHead(502, 'Bad Gateway', [
+      ['Content-Type', 'text/plain; charset=utf-8'],
+      ['Content-Length', String(Buffer.byteLength(body))],
+      ['Connection', 'close'],
+    ]) + body,
+  );
+}
+
 const UPGRADE_HEADERS: ReadonlySet<string> = new Set(['connection', 'upgrade']);
 
 /**
  * Proxies an HTTP Upgrade (WebSocket or otherwise). When the upstream switches protocols, the two sockets are
  * joined directly and bytes flow untouched both ways until either side goes.
  */
-export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, target: ForwardTarget, opts: ForwardUpgradeOptions = {}): Promise<UpgradeOutcome> {
+export function forwardUpgrade<M = undefined>(req: IncomingMessage, socket: Duplex, head: Buffer, target: ForwardTarget, opts: ForwardUpgradeOptions<M> = {}): Promise<UpgradeOutcome> {
   return new Promise<UpgradeOutcome>((resolve) => {
     let settled = false;
     const settle = (outcome: UpgradeOutcome) => {
@@ -370,15 +405,7 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
     headers.connection = 'Upgrade';
 
     const badGateway = (err: unknown) => {
-      const body = `editor unreachable: ${reasonOf(err)}\n`;
-      finishAndDestroy(
-        socket,
-        formatHead(502, 'Bad Gateway', [
-          ['Content-Type', 'text/plain; charset=utf-8'],
-          ['Content-Length', String(Buffer.byteLength(body))],
-          ['Connection', 'close'],
-        ]) + body,
-      );
+      answerUpgradeBadGateway(socket, err);
       settle('upstream-error');
     };
 
@@ -441,7 +468,7 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
       join(socket, upstream);
       join(upstream, socket);
 
-      if (opts.tunnels && opts.key !== undefined) opts.tunnels.add(opts.key, { client: socket, upstream });
+      if (opts.tunnels && opts.key !== undefined) opts.tunnels.add(opts.key, { client: socket, upstream }, opts.meta as M);
       settle('opened');
     });
 
@@ -449,17 +476,20 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
   });
 }
 
-/** Live upgraded connections grouped by a caller-chosen key, so they can be cut together later. */
-export class TunnelRegistry {
-  readonly #byKey = new Map<string, Set<TunnelSockets>>();
+/**
+ * Live upgraded connections grouped by a caller-chosen key, each with what the caller wants to know about
+ * it later (`meta`), so they can be cut together: all of a key's, or all whose meta matches a predicate.
+ */
+export class TunnelRegistry<M = undefined> {
+  readonly #byKey = new Map<string, Map<TunnelSockets, M>>();
 
-  add(key: string, sockets: TunnelSockets): void {
+  add(key: string, sockets: TunnelSockets, meta: M): void {
     let group = this.#byKey.get(key);
     if (!group) {
-      group = new Set();
+      group = new Map();
       this.#byKey.set(key, group);
     }
-    group.add(sockets);
+    group.set(sockets, meta);
     const forget = () => {
       const current = this.#byKey.get(key);
       if (!current?.delete(sockets)) return;
@@ -475,11 +505,34 @@ export class TunnelRegistry {
     const group = this.#byKey.get(key);
     if (!group) return 0;
     this.#byKey.delete(key);
-    for (const { client, upstream } of group) {
+    for (const { client, upstream } of group.keys()) {
       client.destroy();
       upstream.destroy();
     }
     return group.size;
+  }
+
+  /**
+   * Destroys every tunnel whose meta (and key) satisfy `predicate`, at once; returns how many were cut.
+   * This is how access that ends cuts the WebSockets it had opened: the edge's tunnels to users' editors
+   * (`platform.tunnels`) carry `EditorTunnel` meta (api/collaborators.ts: ownerId, userId, sessionId,
+   * membershipId?), so revoking a membership is `closeWhere((t) => t.membershipId === id)`, ending a session
+   * (logout) is `closeWhere((t) => t.sessionId === sessionId)`, and everything into one user's editor is
+   * `closeAll(ownerId)` (tunnels are keyed by the editor's owner).
+   */
+  closeWhere(predicate: (meta: M, key: string) => boolean): number {
+    let cut = 0;
+    for (const [key, group] of [...this.#byKey]) {
+      for (const [sockets, meta] of [...group]) {
+        if (!predicate(meta, key)) continue;
+        group.delete(sockets);
+        sockets.client.destroy();
+        sockets.upstream.destroy();
+        cut++;
+      }
+      if (group.size === 0) this.#byKey.delete(key);
+    }
+    return cut;
   }
 
   /** Destroys every tunnel (the edge is shutting down: upgraded sockets are not the HTTP server's to close). */

@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { createUpstreamAgent, forwardHttp, forwardUpgrade, TunnelRegistry, type HttpOutcome, type UpgradeOutcome } from '../../api/proxy/forward.js';
+import { relayWebSocket, type ClientMessageFilter } from '../../api/proxy/ws-relay.js';
 
 const PREFIX = '/u/abc';
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -40,22 +41,44 @@ async function startUpstream(t: TestContext, handler: (req: IncomingMessage, res
   return { port, server };
 }
 
-type Front = { port: number; outcomes: HttpOutcome[]; upgrades: UpgradeOutcome[]; bytes: Array<[number, number]>; tunnels: TunnelRegistry };
+type TunnelMeta = { sessionId: string };
+type Front = { port: number; outcomes: HttpOutcome[]; upgrades: UpgradeOutcome[]; bytes: Array<[number, number]>; tunnels: TunnelRegistry<TunnelMeta> };
+
+/**
+ * How upgrades are carried: joined sockets (forwardUpgrade), or a message relay (relayWebSocket) with a
+ * filter on what the client sends.
+ */
+type UpgradeMode = { kind: 'tunnel' } | { kind: 'relay'; clientFilter: ClientMessageFilter };
+const tunnelMode: UpgradeMode = { kind: 'tunnel' };
+const relayMode: UpgradeMode = { kind: 'relay', clientFilter: () => true };
+const upgradeModes = [tunnelMode, relayMode];
 
 /** The edge as a caller would wire it: strip the user's prefix, vouch for the client, forward. */
-async function startFront(t: TestContext, upstreamPort: number): Promise<Front> {
+async function startFront(t: TestContext, upstreamPort: number, opts: { upgrades?: UpgradeMode; edgeCookie?: string; sessionId?: string } = {}): Promise<Front> {
   const agent = createUpstreamAgent();
-  const tunnels = new TunnelRegistry();
+  const tunnels = new TunnelRegistry<TunnelMeta>();
   const outcomes: HttpOutcome[] = [];
   const upgrades: UpgradeOutcome[] = [];
   const bytes: Array<[number, number]> = [];
   const targetFor = (url = '/') => ({ host: '127.0.0.1', port: upstreamPort, path: url.startsWith(PREFIX) ? url.slice(PREFIX.length) || '/' : url });
-  const forwarded = (req: IncomingMessage) => ({ forwardedFor: req.socket.remoteAddress, forwardedProto: 'https' as const, forwardedHost: 'edge.example', forwardedPrefix: PREFIX });
+  const forwarded = (req: IncomingMessage) => ({
+    forwardedFor: req.socket.remoteAddress,
+    forwardedProto: 'https' as const,
+    forwardedHost: 'edge.example',
+    forwardedPrefix: PREFIX,
+    ...(opts.edgeCookie ? { edgeCookie: opts.edgeCookie } : {}),
+  });
+  const mode = opts.upgrades ?? tunnelMode;
   const server = http.createServer((req, res) => {
     void forwardHttp(req, res, targetFor(req.url), { agent, ...forwarded(req), onBytes: (up, down) => bytes.push([up, down]) }).then((o) => outcomes.push(o));
   });
   server.on('upgrade', (req: IncomingMessage, socket, head: Buffer) => {
-    void forwardUpgrade(req, socket, head, targetFor(req.url), { ...forwarded(req), tunnels, key: 'abc' }).then((o) => upgrades.push(o));
+    const options = { ...forwarded(req), tunnels, key: 'abc', meta: { sessionId: opts.sessionId ?? 's1' } };
+    const opened =
+      mode.kind === 'relay'
+        ? relayWebSocket(req, socket, head, targetFor(req.url), { ...options, clientFilter: mode.clientFilter })
+        : forwardUpgrade(req, socket, head, targetFor(req.url), options);
+    void opened.then((o) => upgrades.push(o));
   });
   const port = await listen(server);
   t.after(async () => {
@@ -400,89 +423,156 @@ function nextMessage(ws: WebSocket): Promise<{ data: Buffer; isBinary: boolean }
   return new Promise((resolve) => ws.once('message', (data: RawData, isBinary: boolean) => resolve({ data: data as Buffer, isBinary })));
 }
 
-test('WebSocket messages echo through the tunnel, text and binary kept apart', async (t) => {
-  const up = await startWsUpstream(t);
-  const front = await startFront(t, up.port);
-  const ws = await openClient(t, front.port);
-  assert.equal(ws.protocol, 'mrmd.v1');
-  assert.equal(up.seen[0]?.url, '/ws?doc=1');
-  assert.equal(up.seen[0]?.headers.host, `127.0.0.1:${up.port}`);
-  assert.equal(up.seen[0]?.headers['x-forwarded-prefix'], PREFIX);
+for (const mode of upgradeModes) {
+  test(`${mode.kind}: WebSocket messages echo through, text and binary kept apart`, async (t) => {
+    const up = await startWsUpstream(t);
+    const front = await startFront(t, up.port, { upgrades: mode });
+    const ws = await openClient(t, front.port);
+    assert.equal(ws.protocol, 'mrmd.v1');
+    assert.equal(up.seen[0]?.url, '/ws?doc=1');
+    assert.equal(up.seen[0]?.headers.host, `127.0.0.1:${up.port}`);
+    assert.equal(up.seen[0]?.headers['x-forwarded-prefix'], PREFIX);
 
-  let reply = nextMessage(ws);
-  ws.send('hello');
-  assert.deepEqual(await reply, { data: Buffer.from('hello'), isBinary: false });
+    let reply = nextMessage(ws);
+    ws.send('hello');
+    assert.deepEqual(await reply, { data: Buffer.from('hello'), isBinary: false });
 
-  reply = nextMessage(ws);
-  ws.send(Buffer.from([0, 1, 2, 255]));
-  assert.deepEqual(await reply, { data: Buffer.from([0, 1, 2, 255]), isBinary: true });
+    reply = nextMessage(ws);
+    ws.send(Buffer.from([0, 1, 2, 255]));
+    assert.deepEqual(await reply, { data: Buffer.from([0, 1, 2, 255]), isBinary: true });
 
-  const big = randomBytes(1024 * 1024);
-  reply = nextMessage(ws);
-  ws.send(big);
-  const echoed = await reply;
-  assert.equal(echoed.isBinary, true);
-  assert.equal(sha256(echoed.data), sha256(big));
-  assert.deepEqual(front.upgrades, ['opened']);
-});
-
-test('a close code and reason from the upstream reach the client', async (t) => {
-  const up = await startWsUpstream(t);
-  const front = await startFront(t, up.port);
-  const ws = await openClient(t, front.port);
-  const closed = once(ws, 'close');
-  ws.send('please close');
-  const [code, reason] = (await closed) as [number, Buffer];
-  assert.equal(code, 4001);
-  assert.equal(reason.toString(), 'access revoked');
-  await waitUntil(() => front.tunnels.count('abc') === 0, 'the tunnel to be forgotten');
-});
-
-test('an upstream refusing the upgrade fails the client handshake with its status', async (t) => {
-  const server = http.createServer();
-  server.on('upgrade', (_req, socket) => {
-    socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nforbidden');
+    const big = randomBytes(1024 * 1024);
+    reply = nextMessage(ws);
+    ws.send(big);
+    const echoed = await reply;
+    assert.equal(echoed.isBinary, true);
+    assert.equal(sha256(echoed.data), sha256(big));
+    assert.deepEqual(front.upgrades, ['opened']);
   });
-  const port = await listen(server);
-  t.after(() => stop(server));
-  const front = await startFront(t, port);
-  const ws = new WebSocket(`ws://127.0.0.1:${front.port}${PREFIX}/ws`);
-  t.after(() => ws.terminate());
-  const status = await new Promise<number>((resolve) => {
-    ws.on('unexpected-response', (req, res) => {
-      resolve(res.statusCode!);
-      req.destroy();
+
+  test(`${mode.kind}: a close code and reason from the upstream reach the client`, async (t) => {
+    const up = await startWsUpstream(t);
+    const front = await startFront(t, up.port, { upgrades: mode });
+    const ws = await openClient(t, front.port);
+    const closed = once(ws, 'close');
+    ws.send('please close');
+    const [code, reason] = (await closed) as [number, Buffer];
+    assert.equal(code, 4001);
+    assert.equal(reason.toString(), 'access revoked');
+    await waitUntil(() => front.tunnels.count('abc') === 0, 'the tunnel to be forgotten');
+  });
+
+  test(`${mode.kind}: an upstream refusing the upgrade fails the client handshake with its status`, async (t) => {
+    const server = http.createServer();
+    server.on('upgrade', (_req, socket) => {
+      socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nforbidden');
     });
+    const port = await listen(server);
+    t.after(() => stop(server));
+    const front = await startFront(t, port, { upgrades: mode });
+    const ws = new WebSocket(`ws://127.0.0.1:${front.port}${PREFIX}/ws`);
+    t.after(() => ws.terminate());
+    const status = await new Promise<number>((resolve) => {
+      ws.on('unexpected-response', (req, res) => {
+        resolve(res.statusCode!);
+        req.destroy();
+      });
+    });
+    ws.on('error', () => undefined);
+    assert.equal(status, 403);
+    await waitUntil(() => front.upgrades.length === 1, 'the outcome');
+    assert.deepEqual(front.upgrades, ['refused']);
   });
-  ws.on('error', () => undefined);
-  assert.equal(status, 403);
-  await waitUntil(() => front.upgrades.length === 1, 'the outcome');
-  assert.deepEqual(front.upgrades, ['refused']);
-});
 
-test('an unreachable upstream fails the upgrade with 502', async (t) => {
-  const probe = http.createServer();
-  const closedPort = await listen(probe);
-  await stop(probe);
-  const front = await startFront(t, closedPort);
-  const ws = new WebSocket(`ws://127.0.0.1:${front.port}${PREFIX}/ws`);
-  t.after(() => ws.terminate());
-  const [err] = (await once(ws, 'error').catch((e: unknown) => [e])) as [Error];
-  assert.match(err.message, /Unexpected server response: 502/);
-  await waitUntil(() => front.upgrades.length === 1, 'the outcome');
-  assert.deepEqual(front.upgrades, ['upstream-error']);
-});
+  test(`${mode.kind}: an unreachable upstream fails the upgrade with 502`, async (t) => {
+    const probe = http.createServer();
+    const closedPort = await listen(probe);
+    await stop(probe);
+    const front = await startFront(t, closedPort, { upgrades: mode });
+    const ws = new WebSocket(`ws://127.0.0.1:${front.port}${PREFIX}/ws`);
+    t.after(() => ws.terminate());
+    const [err] = (await once(ws, 'error').catch((e: unknown) => [e])) as [Error];
+    assert.match(err.message, /Unexpected server response: 502/);
+    await waitUntil(() => front.upgrades.length === 1, 'the outcome');
+    assert.deepEqual(front.upgrades, ['upstream-error']);
+  });
 
-test('closeAll cuts the live tunnels of a key', async (t) => {
+  test(`${mode.kind}: closeAll cuts the live tunnels of a key`, async (t) => {
+    const up = await startWsUpstream(t);
+    const front = await startFront(t, up.port, { upgrades: mode });
+    const ws = await openClient(t, front.port);
+    await waitUntil(() => front.tunnels.count('abc') === 1, 'the tunnel to be registered');
+    assert.equal(front.tunnels.count('someone-else'), 0);
+    const closed = once(ws, 'close');
+    assert.equal(front.tunnels.closeAll('abc'), 1);
+    await closed;
+    assert.equal(ws.readyState, WebSocket.CLOSED);
+    assert.equal(front.tunnels.count(), 0);
+    await waitUntil(() => up.wss.clients.size === 0, 'the upstream side to close');
+  });
+
+  test(`${mode.kind}: closeWhere cuts the tunnels whose meta matches, and only those`, async (t) => {
+    const up = await startWsUpstream(t);
+    const front = await startFront(t, up.port, { upgrades: mode, sessionId: 'session-a' });
+    const ws = await openClient(t, front.port);
+    await waitUntil(() => front.tunnels.count('abc') === 1, 'the tunnel to be registered');
+    assert.equal(front.tunnels.closeWhere((meta) => meta.sessionId === 'session-b'), 0);
+    assert.equal(ws.readyState, WebSocket.OPEN);
+    const closed = once(ws, 'close');
+    assert.equal(front.tunnels.closeWhere((meta, key) => meta.sessionId === 'session-a' && key === 'abc'), 1);
+    await closed;
+    assert.equal(front.tunnels.count(), 0);
+    await waitUntil(() => up.wss.clients.size === 0, 'the upstream side to close');
+  });
+
+}
+
+test('the relay passes on only the client messages its filter admits, and every upstream message', async (t) => {
   const up = await startWsUpstream(t);
-  const front = await startFront(t, up.port);
+  const admitted: string[] = [];
+  const front = await startFront(t, up.port, {
+    upgrades: {
+      kind: 'relay',
+      clientFilter: (data, isBinary) => {
+        const ok = isBinary && data[0] === 1;
+        if (ok) admitted.push(data.toString('hex'));
+        return ok;
+      },
+    },
+  });
   const ws = await openClient(t, front.port);
-  await waitUntil(() => front.tunnels.count('abc') === 1, 'the tunnel to be registered');
-  assert.equal(front.tunnels.count('someone-else'), 0);
-  const closed = once(ws, 'close');
-  assert.equal(front.tunnels.closeAll('abc'), 1);
-  await closed;
-  assert.equal(ws.readyState, WebSocket.CLOSED);
-  assert.equal(front.tunnels.count(), 0);
-  await waitUntil(() => up.wss.clients.size === 0, 'the upstream side to close');
+  assert.equal(ws.protocol, 'mrmd.v1', 'the subprotocol the upstream chose');
+  const echoes: Buffer[] = [];
+  ws.on('message', (data: RawData) => echoes.push(data as Buffer));
+  ws.send(Buffer.from([2, 9]));
+  ws.send('text is dropped');
+  ws.send(Buffer.from([1, 7]));
+  await waitUntil(() => echoes.length === 1, 'the admitted message to echo');
+  assert.deepEqual(echoes, [Buffer.from([1, 7])], 'only the admitted message reached the upstream (and echoed back)');
+  assert.deepEqual(admitted, ['0107']);
+});
+
+test("the edge's own cookie and Authorization never reach the upstream; other cookies do", async (t) => {
+  let seen!: IncomingHttpHeaders;
+  const up = await startUpstream(t, (req, res) => {
+    seen = req.headers;
+    res.end('ok');
+  });
+  const front = await startFront(t, up.port, { edgeCookie: 'markco_session' });
+  await send(front.port, { path: `${PREFIX}/x`, headers: { cookie: 'theme=dark; markco_session=secret-token; lang=fr', authorization: 'Bearer secret-token' } });
+  assert.equal(seen.cookie, 'theme=dark; lang=fr');
+  assert.equal(seen.authorization, undefined);
+  await send(front.port, { path: `${PREFIX}/x`, headers: { cookie: 'markco_session=secret-token' } });
+  assert.equal(seen.cookie, undefined, 'a Cookie header holding only the edge cookie is dropped');
+
+  const ws = await startWsUpstream(t);
+  for (const mode of upgradeModes) {
+    const wsFront = await startFront(t, ws.port, { upgrades: mode, edgeCookie: 'markco_session' });
+    const client = new WebSocket(`ws://127.0.0.1:${wsFront.port}${PREFIX}/ws`, { headers: { cookie: 'markco_session=secret-token; theme=dark', authorization: 'Bearer secret-token' } });
+    t.after(() => client.terminate());
+    await once(client, 'open');
+    const last = ws.seen.at(-1)!;
+    assert.equal(last.headers.cookie, 'theme=dark', mode.kind);
+    assert.equal(last.headers.authorization, undefined, mode.kind);
+  }
 });
