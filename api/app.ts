@@ -6,6 +6,7 @@ import errors from './plugins/errors.js';
 import { computeRoutes } from './routes/compute.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { hookRoutes } from './routes/hooks.js';
+import { servicesRoutes } from './routes/services.js';
 import { healthRoutes, type HealthChecks } from './routes/health.js';
 import { inviteRoutes } from './routes/invites.js';
 import { projectRoutes } from './routes/projects.js';
@@ -35,6 +36,12 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
     ...opts.server,
   });
+  // Every route, as registered: the security tests fuzz each one that takes a body.
+  const routeList: { method: string; url: string }[] = [];
+  app.decorate('routeList', routeList);
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) routeList.push({ method, url: route.url });
+  });
   app.register(errors);
   // Only routes that ask for it (config.rateLimit, api/rate-limits.ts) are limited.
   app.register(rateLimit, { global: false });
@@ -51,6 +58,7 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     app.register(computeRoutes(platform));
     app.register(snapshotRoutes(platform));
     app.register(hookRoutes(platform));
+    app.register(servicesRoutes(platform));
     app.register(projectRoutes(platform));
     app.register(inviteRoutes(platform));
     app.register(userProxyRoutes(platform));
@@ -61,4 +69,10 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     });
   }
   return app;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    routeList: { method: string; url: string }[];
+  }
 }

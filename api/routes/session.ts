@@ -91,8 +91,12 @@ export function sessionRoutes(deps: PlatformDeps): FastifyPluginAsync {
     app.post('/logout', async (req, reply: FastifyReply) => {
       const token = sessionTokenOf(req.headers);
       if (token) {
+        const signedIn = await deps.auth.sessionOf(req.headers);
         await deps.store.sessions.revoke(token);
         deps.auth.forget(token);
+        // The session's open WebSockets (editor, Yjs) end with it; the containers do not: a job started
+        // before signing out keeps running, and the idle policy decides when the runtime sleeps.
+        if (signedIn) deps.tunnels.closeWhere((t) => t.sessionId === signedIn.sessionId);
       }
       reply.header('set-cookie', deps.auth.clearedCookie());
       return wantsHtml(req) || req.headers['content-type']?.startsWith('application/x-www-form-urlencoded') ? reply.redirect('/login', 303) : reply.send({ ok: true });
