@@ -212,6 +212,21 @@ describe('sign-in: OpenID Connect, GitHub, email links, sessions', () => {
     assert.equal((await dashboardOf(thief)).status, 401, 'the cookie is dead everywhere');
   });
 
+  test('sessions expire, slide forward when used after a day, and are refused once revoked', async () => {
+    const browser = new Browser();
+    await signInWithOidc(browser, 'alice');
+    const token = browser.cookie(edgeHost, 'markco_session')!;
+    const row = async () => (await db.pool.query<{ expires_at: Date }>(`SELECT expires_at FROM sessions WHERE token_hash = sha256(convert_to($1, 'UTF8'))`, [token])).rows[0]!;
+    // Last used two days ago, expiring in a week: the next use renews it to a full 30 days.
+    await db.pool.query(`UPDATE sessions SET last_seen_at = now() - interval '2 days', expires_at = now() + interval '7 days' WHERE token_hash = sha256(convert_to($1, 'UTF8'))`, [token]);
+    // Read through the store: the edge caches a resolved session for a few seconds.
+    const resolved = await db.store.sessions.resolve(token);
+    assert.ok(resolved);
+    assert.ok((await row()).expires_at.getTime() > Date.now() + 29 * 86_400_000, 'renewed to 30 days');
+    await db.pool.query(`UPDATE sessions SET expires_at = now() - interval '1 second' WHERE token_hash = sha256(convert_to($1, 'UTF8'))`, [token]);
+    assert.equal(await db.store.sessions.resolve(token), undefined, 'an expired session is refused');
+  });
+
   test('an unknown provider is 404; a provider error comes back as a readable page', async () => {
     const b = new Browser();
     assert.equal((await b.fetch(`${edgeUrl}/login/myspace`)).status, 404);
