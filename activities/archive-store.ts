@@ -7,6 +7,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   ListMultipartUploadsCommand,
+  ListObjectsV2Command,
   UploadPartCommand,
   type CompletedPart,
   type S3Client,
@@ -43,12 +44,20 @@ const minPartBytes = 5 * 1024 * 1024;
 const defaultPartBytes = 64 * 1024 * 1024;
 const maxParts = 10_000;
 
-/** The object key of a user's archive: one prefix per user, so an operator can list or purge a user's archives. */
+function assertKeyPart(name: string, value: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(value)) throw new Error(`${name} ${JSON.stringify(value)} cannot be part of an archive key (letters, digits, - and _ only)`);
+}
+
+/** Where all of a user's archives are: one prefix per user, so an operator can list or purge a user's archives. */
+export function archivePrefix(userId: string): string {
+  assertKeyPart('userId', userId);
+  return `archives/${userId}/`;
+}
+
+/** The object key of a user's archive. */
 export function archiveKey(userId: string, archiveId: string): string {
-  for (const [name, value] of [['userId', userId], ['archiveId', archiveId]] as const) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(value)) throw new Error(`${name} ${JSON.stringify(value)} cannot be part of an archive key (letters, digits, - and _ only)`);
-  }
-  return `archives/${userId}/${archiveId}.tar`;
+  assertKeyPart('archiveId', archiveId);
+  return `${archivePrefix(userId)}${archiveId}.tar`;
 }
 
 function encryptionParams(e: ArchiveEncryption): { ServerSideEncryption?: 'AES256' | 'aws:kms'; SSEKMSKeyId?: string } {
@@ -163,6 +172,32 @@ export async function downloadArchiveToHost(
 /** Deletes an archive; deleting one that is already gone is not an error. */
 export async function deleteArchive(s3: S3Client, store: Pick<ArchiveStoreOptions, 'bucket'>, key: string): Promise<void> {
   await s3.send(new DeleteObjectCommand({ Bucket: store.bucket, Key: key }));
+}
+
+/**
+ * Deletes every object under a user's prefix and aborts every unfinished upload there: what no snapshot
+ * row names (an upload whose worker died before recording it). Answers how many it removed.
+ */
+export async function deleteArchivesOfUser(s3: S3Client, store: Pick<ArchiveStoreOptions, 'bucket'>, userId: string): Promise<number> {
+  const prefix = archivePrefix(userId);
+  let removed = 0;
+  let token: string | undefined;
+  do {
+    const page = await s3.send(new ListObjectsV2Command({ Bucket: store.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
+    for (const o of page.Contents ?? []) {
+      if (!o.Key) continue;
+      await deleteArchive(s3, store, o.Key);
+      removed++;
+    }
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token);
+  const uploads = await s3.send(new ListMultipartUploadsCommand({ Bucket: store.bucket, Prefix: prefix }));
+  for (const u of uploads.Uploads ?? []) {
+    if (!u.Key || !u.UploadId) continue;
+    await s3.send(new AbortMultipartUploadCommand({ Bucket: store.bucket, Key: u.Key, UploadId: u.UploadId }));
+    removed++;
+  }
+  return removed;
 }
 
 /** Makes the bucket unless it exists (the simulated cloud's emulator; a real deployment's bucket is made by its operator). */

@@ -3,6 +3,7 @@ import type { CloudConfig } from '../lib/config.js';
 import type { Store } from '../lib/store.js';
 import type { GpuSettings, Tier } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
+import { createAccountActivities } from './accounts.js';
 import { createEc2Activities } from './ec2.js';
 import { typedFailures } from './failures.js';
 import type { HostShells } from './host-shell.js';
@@ -42,6 +43,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createMigrationActivities(deps),
     ...createSnapshotActivities(deps),
     ...createMonitorActivities(deps),
+    ...createAccountActivities(deps),
   });
 }
 

@@ -292,6 +292,9 @@ export function removeContainerArgs(name: string): string[] {
   return ['podman', 'rm', '--force', '--ignore', '--time', '0', name];
 }
 
+/** Every container's name on the host, running or not, one a line. */
+export const containerNamesArgs = ['podman', 'ps', '--all', '--format', '{{.Names}}'];
+
 export function pauseArgs(name: string): string[] {
   assertName('container name', name);
   return ['podman', 'pause', name];

@@ -12,8 +12,8 @@ import { reachableAddressOf } from '../lib/store.js';
 import { defaultTierLadder, smallestTierFor, tierNamed } from '../lib/tiers.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import type { EditorPlacement, RuntimePlacement } from '../workflows/contracts/user-environment.js';
-import type { Plan } from '../workflows/contracts/users.js';
-import { archiveKey, deleteArchive, downloadArchiveToHost, uploadArchiveFromHost, type ArchiveStoreOptions } from './archive-store.js';
+import { userIdPattern, type Plan } from '../workflows/contracts/users.js';
+import { archiveKey, deleteArchive, deleteArchivesOfUser, downloadArchiveToHost, uploadArchiveFromHost, type ArchiveStoreOptions } from './archive-store.js';
 import { activitySignal, currentActivity } from './context.js';
 import type { HostShell } from './host-shell.js';
 import { readStorageRoots, shellForHost } from './hosts.js';
@@ -36,7 +36,7 @@ import {
 } from './podman-commands.js';
 import { streamFileBetweenHosts, TarMemberRewriter } from './transfer.js';
 import { basePathOf, containerUserFor, runtimeContainerPort } from './user-containers.js';
-import { containerStatus, editorPlacement, runtimePlacement } from './user-environment.js';
+import { containerStatus, editorPlacement, retireEditor, runtimePlacement } from './user-environment.js';
 
 /** Where archives go in S3; without it (the embedded stack) archives stay on the base server only. */
 export interface ArchiveBucket extends ArchiveStoreOptions {
@@ -458,6 +458,17 @@ export function createSnapshotActivities(deps: ActivityDeps) {
       return { deleted: true };
     },
 
+    /**
+     * After the user's snapshots are deleted one by one (deleteSnapshot): whatever of theirs no row names
+     * goes too, the base server's archive folder of the user and every S3 object and unfinished upload
+     * under their prefix. Safe to repeat; answers how many S3 leftovers it removed.
+     */
+    async purgeUserArchives(input: { userId: string }): Promise<{ strayArchivesRemoved: number }> {
+      if (!userIdPattern.test(input?.userId)) fail(ErrorType.InvalidInput, 'userId: expected a lowercase UUID');
+      await (await shellForHost(deps, env.baseHostId)).shell.run(['rm', '-rf', '--', posix.join(archivesDir, input.userId)]);
+      return { strayArchivesRemoved: bucket ? await deleteArchivesOfUser(bucket.s3, bucket, input.userId) : 0 };
+    },
+
     /** The idle commit: the runtime lives in its archive; its container and port go, the editor too if configured. */
     async commitIdle(input: { userId: string; runtimeId: string; snapshotId: string; hostId: string; containerName: string; port: number }): Promise<{ editorStopped: boolean }> {
       await store.snapshots.setState(input.snapshotId, 'ready');
@@ -467,10 +478,7 @@ export function createSnapshotActivities(deps: ActivityDeps) {
       if (env.idleStopsEditor) {
         const editor = await store.editors.live(input.userId);
         if (editor) {
-          const { shell } = await shellForHost(deps, editor.hostId);
-          await shell.run(removeContainerArgs(editor.containerName), { timeoutMs: 60_000 });
-          await store.editors.update(editor.id, { state: 'stopped' });
-          for (const port of [editor.port, editor.syncPort]) if (port) await store.ports.release({ hostId: editor.hostId, port });
+          await retireEditor(deps, editor, 'stopped');
           editorStopped = true;
         }
       }

@@ -45,6 +45,19 @@ export function editorContainerName(userId: string): string {
   return `ed-${userId}`;
 }
 
+/**
+ * Of a host's container names (one a line, as `podman ps --all --format {{.Names}}` prints them), those
+ * that are the user's: the runtime, a runtime a snapshot restore made beside it (`rt-<id>-<8 hex>`), the editor.
+ */
+export function containersOfUser(names: string, userId: string): string[] {
+  const runtime = runtimeContainerName(userId);
+  const restored = new RegExp(`^${runtime}-[0-9a-f]{8}$`);
+  return names
+    .split('\n')
+    .map((n) => n.trim())
+    .filter((n) => n === runtime || n === editorContainerName(userId) || restored.test(n));
+}
+
 export function basePathOf(userId: string): string {
   assertUserId(userId);
   return `/u/${userId}/`;

@@ -171,6 +171,14 @@ export const runtimePlacement = (r: RuntimeRecord): RuntimePlacement => ({
   cpuLimit: r.cpuLimit,
 });
 
+/** Removes an editor's container and gives its ports back, then records the row's end. Safe to repeat. */
+export async function retireEditor(deps: Pick<UserEnvironmentDeps, 'store' | 'shells'>, row: EditorRecord, state: 'stopped' | 'failed'): Promise<void> {
+  const { shell } = await shellForHost(deps, row.hostId);
+  await shell.run(removeContainerArgs(row.containerName), { timeoutMs: 60_000 });
+  await deps.store.editors.update(row.id, { state });
+  for (const port of [row.port, row.syncPort]) if (port) await deps.store.ports.release({ hostId: row.hostId, port });
+}
+
 export const editorPlacement = (e: EditorRecord, address: string): EditorPlacement => ({
   editorId: e.id,
   hostId: e.hostId,
@@ -228,8 +236,9 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
   /** Removes a runtime's container and gives its port back, then records the row's end and why. */
   async function retireRuntime(row: RuntimeRecord, state: 'stopped' | 'failed', event: string, payload?: Record<string, unknown>): Promise<void> {
     if (row.hostId) {
-      const { shell } = await shellForHost(deps, row.hostId);
-      await shell.run(removeContainerArgs(row.containerName), { timeoutMs: 60_000 });
+      const { host, shell } = await shellForHost(deps, row.hostId);
+      // A terminated host took the container with it (an account deletion terminates the user's hosts first).
+      if (host.state !== 'terminated') await shell.run(removeContainerArgs(row.containerName), { timeoutMs: 60_000 });
       if (row.port) await store.ports.release({ hostId: row.hostId, port: row.port });
     }
     await store.runtimes.update(row.id, { state });
@@ -241,6 +250,8 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     async planLogin(input: { userId: string; plan?: Plan }): Promise<LoginPlan> {
       const user = await store.users.get(input.userId);
       if (!user) fail(ErrorType.NotFound, `user ${input.userId} does not exist`);
+      // A sign-in racing the account's deletion must not bring containers back that the deletion removes.
+      if (await store.accountDeletion.isDeleting(user.id)) fail(ErrorType.Conflict, `the account of user ${user.id} is being deleted`);
       if (input.plan && input.plan !== user.plan) await store.users.setPlan(user.id, input.plan);
       const plan = input.plan ?? user.plan;
       const runtime = await store.runtimes.live(user.id);
@@ -415,10 +426,15 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     async discardEditor(input: { userId: string; reason: string }): Promise<void> {
       const row = await store.editors.live(input.userId);
       if (!row || row.state === 'running') return;
-      const { shell } = await shellForHost(deps, row.hostId);
-      await shell.run(removeContainerArgs(row.containerName));
-      await store.editors.update(row.id, { state: 'failed' });
-      for (const port of [row.port, row.syncPort]) if (port) await store.ports.release({ hostId: row.hostId, port });
+      await retireEditor(deps, row, 'failed');
+    },
+
+    /** Stops and removes the user's editor container, running or not (the account is being deleted). */
+    async removeEditor(input: { userId: string }): Promise<{ editorId: string | null }> {
+      const row = await store.editors.live(input.userId);
+      if (!row) return { editorId: null };
+      await retireEditor(deps, row, 'stopped');
+      return { editorId: row.id };
     },
 
     /** Stops and removes the user's runtime container; the editor stays and is re-pointed at the next login. */

@@ -4,8 +4,10 @@ import { ApplicationFailure, TemporalFailure, type SignalDefinition } from '@tem
 import type { ImportProjectInput, ImportProjectResult, LoginInput, LoginResult, RuntimeStats, StopRuntimeInput, StopRuntimeResult } from '../workflows/contracts/user-environment.js';
 import type { MigrateRuntimeResult } from '../workflows/contracts/elastic.js';
 import { workflowIds } from '../workflows/contracts/operations.js';
+import type { DeletionRequester } from '../workflows/contracts/accounts.js';
 import {
   codeHintSignal,
+  deleteAccountUpdate,
   gpuUseUpdate,
   idleSignal,
   idleUpdate,
@@ -86,7 +88,7 @@ export function createOperations(client: Client, taskQueue: string) {
    * Login, stop and migrate go through the user's entity `runtime/<userId>` (started on first use): it
    * runs them one at a time and answers with the child run doing the work, which is the operation.
    */
-  type EntityUpdate = typeof loginUpdate | typeof stopRuntimeUpdate | typeof migrateUpdate | typeof idleUpdate | typeof snapshotUpdate | typeof restoreSnapshotUpdate | typeof sandboxUpdate;
+  type EntityUpdate = typeof loginUpdate | typeof stopRuntimeUpdate | typeof migrateUpdate | typeof idleUpdate | typeof snapshotUpdate | typeof restoreSnapshotUpdate | typeof sandboxUpdate | typeof deleteAccountUpdate;
   const throughEntity = async <R>(userId: string, update: EntityUpdate, input: unknown) => {
     let ref: OperationRef;
     try {
@@ -127,6 +129,8 @@ export function createOperations(client: Client, taskQueue: string) {
     startSnapshot: (input: SnapshotRuntimeInput) => throughEntity(input.userId, snapshotUpdate, input),
     startRestoreSnapshot: (input: RestoreSnapshotInput) => throughEntity(input.userId, restoreSnapshotUpdate, input),
     startSandbox: (input: ForkSandboxInput) => throughEntity(input.userId, sandboxUpdate, input),
+    /** The entity's last operation: a second request while it runs or waits joins it (the same operation id). */
+    startAccountDeletion: (userId: string, requestedBy: DeletionRequester) => throughEntity(userId, deleteAccountUpdate, { userId, requestedBy }),
     /** Not through the entity: safe to repeat, and a second request joins the first (same workflow id). */
     startDeleteSnapshot: (userId: string, snapshotId: string) => start('deleteSnapshot', workflowIds.deleteSnapshot(userId, snapshotId), { userId, snapshotId }, true),
     startDestroySandbox: (userId: string, sandboxId: string) => start('destroySandbox', workflowIds.destroySandbox(userId, sandboxId), { userId, sandboxId }, true),

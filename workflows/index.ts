@@ -7,3 +7,4 @@ export { importProject, login, runtimeStats, stopRuntime } from './user-environm
 export { userRuntime } from './user-runtime.js';
 export { deleteSnapshot, destroySandbox, expireSandboxes, forkSandbox, idleCheckpoint, restoreSnapshot, returnRuntime, snapshotRuntime } from './snapshots.js';
 export { resourceMonitor } from './monitor.js';
+export { deleteAccount } from './delete-account.js';

@@ -16,12 +16,14 @@ import {
   type ChildWorkflowHandle,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
+import { validateDeleteAccountInput, type DeleteAccountInput } from './contracts/accounts.js';
 import type { MigrateRuntimeInput, MigrateRuntimeResult } from './contracts/elastic.js';
 import { ErrorType } from './contracts/errors.js';
 import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import {
   codeHintSignal,
+  deleteAccountUpdate,
   entityStateQuery,
   gpuUseUpdate,
   idleSignal,
@@ -84,7 +86,7 @@ const db = proxyActivities<Activities>(quick);
 
 interface QueuedOperation {
   kind: EntityOperationKind;
-  input: LoginInput | StopRuntimeInput | MigrateRuntimeInput | IdleCheckpointInput | SnapshotRuntimeInput | RestoreSnapshotInput | ForkSandboxInput;
+  input: LoginInput | StopRuntimeInput | MigrateRuntimeInput | IdleCheckpointInput | SnapshotRuntimeInput | RestoreSnapshotInput | ForkSandboxInput | DeleteAccountInput;
   started?: OperationRef;
   failedToStart?: string;
 }
@@ -94,6 +96,8 @@ interface Carried {
   gpu?: gpuPolicy.GpuState;
   interruptedHosts?: string[];
   operationsRun: number;
+  /** The account is being deleted (a deletion that failed is retried through the same entity). */
+  deleting?: boolean;
 }
 
 const childTypes: Record<EntityOperationKind, string> = {
@@ -105,6 +109,7 @@ const childTypes: Record<EntityOperationKind, string> = {
   snapshot: 'snapshotRuntime',
   restore: 'restoreSnapshot',
   sandbox: 'forkSandbox',
+  'delete-account': 'deleteAccount',
 };
 
 const childIds: Record<EntityOperationKind, (userId: string) => string> = {
@@ -116,6 +121,7 @@ const childIds: Record<EntityOperationKind, (userId: string) => string> = {
   snapshot: workflowIds.snapshot,
   restore: workflowIds.restoreSnapshot,
   sandbox: workflowIds.sandbox,
+  'delete-account': workflowIds.deleteAccount,
 };
 
 const childOperations: Record<Exclude<EntityOperationKind, 'migrate' | 'gpu-hop'>, Operation> = {
@@ -125,6 +131,7 @@ const childOperations: Record<Exclude<EntityOperationKind, 'migrate' | 'gpu-hop'
   snapshot: Operation.snapshot,
   restore: Operation.restoreSnapshot,
   sandbox: Operation.sandbox,
+  'delete-account': Operation.deleteAccount,
 };
 
 function invalid(problems: string[]): never {
@@ -158,6 +165,10 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
   const queue: QueuedOperation[] = [];
   let running: (QueuedOperation & { started: OperationRef }) | undefined;
   const preProvisioning = new Set<string>();
+  /** Once set, only deleteAccount is accepted; once the deletion has succeeded, the entity ends. */
+  let deleting = carried?.deleting ?? false;
+  let deleted = false;
+  const beingDeleted = () => `the account of user ${userId} is being deleted`;
 
   tagOperation({ operation: Operation.runtime, userId });
   setHandler(stepQuery, () => (running ? `running ${running.kind} (${running.started.workflowId})` : queue.length > 0 ? `starting ${queue[0]!.kind}` : 'idle'));
@@ -178,10 +189,12 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       idleSince: iso(gpuPolicy.gpuIdleSince(gpu, policy.placement, gpuConfig)),
     },
     operationsRun,
+    deleting,
   }));
 
   /** Queues a request, or joins the running or queued operation of the same kind; answers once its child has started. */
   async function request(kind: EntityOperationKind, childInput: QueuedOperation['input'], front = false): Promise<OperationRef> {
+    if (deleting && kind !== 'delete-account') throw ApplicationFailure.create({ type: ErrorType.Conflict, message: beingDeleted(), nonRetryable: true });
     if (running?.kind === kind) return { ...running.started, joined: true };
     const queued = queue.find((q) => q.kind === kind);
     const entry = queued ?? { kind, input: childInput };
@@ -221,6 +234,26 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
   setHandler(snapshotUpdate, (i) => request('snapshot', i), exclusive('snapshot', validateSnapshotRuntimeInput));
   setHandler(restoreSnapshotUpdate, (i) => request('restore', i), exclusive('restore', validateRestoreSnapshotInput));
   setHandler(sandboxUpdate, (i) => request('sandbox', i), exclusive('sandbox', validateForkSandboxInput));
+  setHandler(
+    deleteAccountUpdate,
+    async (d) => {
+      if (!deleting) {
+        deleting = true;
+        // What waits is refused: it would act on an account that is going. The running operation finishes first.
+        for (const waiting of queue.splice(0)) waiting.failedToStart = beingDeleted();
+      }
+      // Signed out and refused at once, even while the deletion waits for the running operation.
+      await db.beginAccountDeletion({ userId, workflowId: workflowIds.deleteAccount(userId) });
+      return request('delete-account', { userId, requestedBy: d.requestedBy ?? 'operator' } satisfies DeleteAccountInput, true);
+    },
+    {
+      validator: (d) => {
+        const problems = validateDeleteAccountInput(d);
+        if (problems.length === 0 && d.userId !== userId) problems.push(`userId: this entity is ${userId}`);
+        if (problems.length > 0) invalid([`invalid deleteAccount input: ${problems.join('; ')}`]);
+      },
+    },
+  );
   setHandler(migrateUpdate, (m) => request('migrate', migrationInput(m)), {
     validator: (m) => {
       const problems = validateMigrateInput(migrationInput(m));
@@ -278,7 +311,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
    */
   async function preProvision(gpuTier?: string): Promise<void> {
     const workflowId = gpuTier ? workflowIds.preProvisionGpu(userId) : workflowIds.preProvision(userId);
-    if (preProvisioning.has(workflowId)) return;
+    if (deleting || preProvisioning.has(workflowId)) return;
     preProvisioning.add(workflowId);
     try {
       await startChild('preProvisionHost', {
@@ -410,12 +443,17 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       // A request arriving meanwhile is served first (its handler waits for its child, so handlers only
       // finish once the queue is drained): never wait for an empty queue here.
       await condition(() => queue.length > 0 || allHandlersFinished());
-      if (queue.length === 0) await continueAsNew<typeof userRuntime>({ ...input, carried: { policy, gpu, interruptedHosts: [...interruptedHosts], operationsRun } satisfies Carried });
+      if (queue.length === 0) await continueAsNew<typeof userRuntime>({ ...input, carried: { policy, gpu, interruptedHosts: [...interruptedHosts], operationsRun, deleting } satisfies Carried });
       continue;
     }
     const next = queue.shift();
     if (!next) continue;
     await runOperation(next);
+    if (deleted) {
+      // The user is gone: nothing is left for this entity to serve. Requests still in flight get their refusal first.
+      await condition(allHandlersFinished);
+      return;
+    }
   }
 
   /** Off the GPU host (or any spot host being reclaimed), sized from the last reading. */
@@ -446,6 +484,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
       const result = await handle.result();
       placement = placementFrom(next.kind, result);
       placementChanged = placement !== undefined;
+      if (next.kind === 'delete-account') deleted = true;
     } catch (err) {
       log.info(`${next.kind} failed`, { error: errorMessage(err) });
       // A failed migration, snapshot or fork leaves the runtime where it was; a failed login may still have made one.
@@ -459,7 +498,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
     policy = onOperationFinished(policy, placementChanged);
     if (placement !== undefined) policy = onPlacementChanged(policy, placement);
     if (wasOnGpu && !gpuPolicy.onGpuTier(policy.placement, gpuConfig)) gpu = gpuPolicy.onLeftGpu(gpu);
-    tagRuntime(policy.placement ? 'running' : next.kind === 'idle' && placementChanged ? 'checkpointed' : 'stopped', policy.placement?.hostId);
+    tagRuntime(deleted ? 'deleted' : policy.placement ? 'running' : next.kind === 'idle' && placementChanged ? 'checkpointed' : 'stopped', policy.placement?.hostId);
   }
 
   async function startWithRetry(next: QueuedOperation, childId: string): Promise<ChildWorkflowHandle<(i: unknown) => Promise<unknown>>> {
@@ -488,7 +527,7 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
   /** Where the runtime is after a child finished: null when it has none running, undefined when unchanged. */
   function placementFrom(kind: EntityOperationKind, result: unknown): Placement | null | undefined {
     const now = Date.now();
-    if (kind === 'stop-runtime' || kind === 'idle') return null;
+    if (kind === 'stop-runtime' || kind === 'idle' || kind === 'delete-account') return null;
     if (kind === 'snapshot' || kind === 'sandbox') return undefined;
     if (kind === 'restore') {
       const r = result as RestoreSnapshotResult;
@@ -512,6 +551,7 @@ const runtimeStateDuring: Record<EntityOperationKind, string> = {
   snapshot: 'snapshotting',
   restore: 'restoring',
   sandbox: 'forking',
+  'delete-account': 'deleting',
 };
 
 async function placementNow(userId: string): Promise<Placement | null> {

@@ -30,6 +30,8 @@ export const Operation = {
   spotInterruption: 'spot-interruption',
   /** The resource monitor: watches every ready host and signals users' entities. */
   monitor: 'monitor',
+  /** Everything of a user goes: sessions, containers, snapshots, files, reserved hosts, then the users row. */
+  deleteAccount: 'delete-account',
 } as const;
 export type Operation = (typeof Operation)[keyof typeof Operation];
 
@@ -62,6 +64,8 @@ export const workflowIds = {
   destroySandbox: (userId: string, sandboxId: string) => `user/${userId}/sandbox/${sandboxId}/destroy`,
   sandboxExpiry: 'markco-sandbox-expiry',
   monitor: 'markco-monitor',
+  /** A child of the user's entity, its last: a second request joins the running one. */
+  deleteAccount: (userId: string) => `user/${userId}/delete-account`,
 };
 
 /** Lifecycle status values for the MarkcoStatus search attribute. */

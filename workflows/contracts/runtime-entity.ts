@@ -1,4 +1,5 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { DeleteAccountInput } from './accounts.js';
 import type { MigrationReason } from './elastic.js';
 import type { ForkSandboxInput, IdleCheckpointInput, RestoreSnapshotInput, SnapshotRuntimeInput } from './snapshots.js';
 import type { LoginInput, StopRuntimeInput } from './user-environment.js';
@@ -23,8 +24,10 @@ export interface UserRuntimeInput {
  * restore and sandbox never join or queue behind another operation: a request while any operation of
  * the user runs or waits is refused (Conflict, the API's 409), since each names what it does (a
  * snapshot's name, the snapshot to restore) and would otherwise act on a runtime that changed meanwhile.
+ * `delete-account` is the entity's last: it goes before anything queued (which is refused), waits only
+ * for the running operation, and once it has succeeded the entity ends.
  */
-export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate' | 'gpu-hop' | 'idle' | 'snapshot' | 'restore' | 'sandbox';
+export type EntityOperationKind = 'login' | 'stop-runtime' | 'migrate' | 'gpu-hop' | 'idle' | 'snapshot' | 'restore' | 'sandbox' | 'delete-account';
 
 /** What an update answers: the child run that does the work, as the compute API's operation id is made from it. */
 export interface OperationRef {
@@ -66,6 +69,8 @@ export interface EntityState {
   band: string;
   lowSince: string | null;
   operationsRun: number;
+  /** The account is being deleted: every request but deleteAccount is refused. */
+  deleting: boolean;
 }
 
 export const loginUpdate = defineUpdate<OperationRef, [LoginInput]>('login');
@@ -75,6 +80,8 @@ export const idleUpdate = defineUpdate<OperationRef, [IdleCheckpointInput]>('idl
 export const snapshotUpdate = defineUpdate<OperationRef, [SnapshotRuntimeInput]>('snapshot');
 export const restoreSnapshotUpdate = defineUpdate<OperationRef, [RestoreSnapshotInput]>('restoreSnapshot');
 export const sandboxUpdate = defineUpdate<OperationRef, [ForkSandboxInput]>('sandbox');
+/** Marks the user deleted at once (sessions revoked), then runs deleteAccount as the entity's last child. */
+export const deleteAccountUpdate = defineUpdate<OperationRef, [DeleteAccountInput]>('deleteAccount');
 export const pressureSignal = defineSignal<[PressureSignal]>('pressure');
 /** The monitor saw neither CPU nor the user's traffic for the idle time: checkpoint the runtime (idle-sleep). */
 export const idleSignal = defineSignal<[IdleEvent]>('idle');
