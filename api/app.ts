@@ -3,6 +3,7 @@ import Fastify, { type FastifyServerOptions } from 'fastify';
 import type { Logger } from '../lib/logger.js';
 import type { PlatformDeps } from './platform.js';
 import errors from './plugins/errors.js';
+import { accountRoutes } from './routes/account.js';
 import { computeRoutes } from './routes/compute.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { hookRoutes } from './routes/hooks.js';
@@ -57,6 +58,7 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     app.register(signInRoutes(platform));
     app.register(computeRoutes(platform));
     app.register(snapshotRoutes(platform));
+    app.register(accountRoutes(platform));
     app.register(hookRoutes(platform));
     app.register(servicesRoutes(platform));
     app.register(projectRoutes(platform));
