@@ -86,6 +86,17 @@ describe('docs/runbook.md', () => {
     }
   });
 
+  test('deleteAccount: the runbook line deletes the user; result, step and list find the run', async () => {
+    const userId = '00000000-0000-4000-8000-000000000042';
+    await db.pool.query(`INSERT INTO users (id, email, username) VALUES ($1, 'runbook@example.test', 'runbook') ON CONFLICT (id) DO NOTHING`, [userId]);
+    const started = await cli(find(/^temporal workflow execute-update-with-start .*--type userRuntime .*--update-name deleteAccount /));
+    assert.match(started, /user\/00000000-0000-4000-8000-000000000042\/delete-account/, 'the update answers with the deletion child');
+    assert.match(await cli(find(/^temporal workflow result --workflow-id user\/[0-9a-f-]+\/delete-account$/)), /"userRemoved":\s*true/);
+    assert.match(await cli(find(/^temporal workflow query --workflow-id user\/[0-9a-f-]+\/delete-account --type step$/)), /done/);
+    assert.equal((await db.pool.query('SELECT 1 FROM users WHERE id = $1', [userId])).rowCount, 0);
+    await cli(find(/^temporal workflow list --query 'MarkcoOperation="delete-account" AND MarkcoStatus="failed"'$/));
+  });
+
   test('reapInstances: the dry run line answers with what it would do', async () => {
     await cli(find(/^temporal workflow start --type reapInstances .*"dryRun":true/));
     assert.match(await cli(find(/^temporal workflow result --workflow-id markco-reaper-manual$/)), /examined/);
