@@ -39,6 +39,11 @@ const controlPlaneOnlyPaths = ['/api/runtime/update-port'];
 
 /** Encoded dots, slashes or backslashes, or a raw backslash: paths routers disagree about. */
 const ambiguousPath = /%2e|%2f|%5c|\\/i;
+/**
+ * A sync path's document name is a key for the Yjs server, which an editor may percent-encode whole
+ * (`Projects%2Fnotes.md`): its encoded slashes are read as slashes, then checked like the rest.
+ */
+const syncDocumentPath = /^(\/sync\/\d+\/)(.*)$/i;
 
 /**
  * The path as the editor's router would match it (decoded, doubled slashes collapsed, lowercase since
@@ -46,7 +51,9 @@ const ambiguousPath = /%2e|%2f|%5c|\\/i;
  * dot segments, encoded separators, backslashes, broken percent-encoding. Browsers never send those.
  */
 export function routablePath(rest: string): string | undefined {
-  const raw = rest.split(/[?#]/, 1)[0] ?? '';
+  const sent = rest.split(/[?#]/, 1)[0] ?? '';
+  const sync = syncDocumentPath.exec(sent);
+  const raw = sync ? `${sync[1]}${sync[2]!.replace(/%2f/gi, '/')}` : sent;
   if (ambiguousPath.test(raw)) return undefined;
   let decoded: string;
   try {

@@ -59,6 +59,10 @@ test('paths that routers read differently are refused: dot segments, encoded sep
   }
   assert.equal(routablePath('/Projects//A%20B.md?x=/../'), '/projects/a b.md', 'the query is not part of the path');
   assert.equal(routablePath('/notes..md'), '/notes..md');
+  assert.equal(routablePath('/sync/41000/Projects%2FWelcome%2Fa.md'), '/sync/41000/projects/welcome/a.md', "a document name's encoded slashes");
+  assert.equal(statusOf('viewer', 'GET', '/sync/41000/Projects%2Fa.md', true), 200);
+  assert.equal(statusOf('owner', 'GET', '/sync/41000/..%2F..%2Fapi%2Fsettings', true), 400, 'but not to climb out of it');
+  assert.equal(statusOf('owner', 'GET', '/api%2Fsync/41000/x', true), 400);
 });
 
 test('/proxy/<port>/ needs a port 1-65535 in digits, and only the runtime port is reached', () => {
