@@ -15,7 +15,7 @@ export const redactPaths = [
 ];
 
 /** Query parameters and path segments that carry secrets: sign-in links, OAuth codes, invite links. */
-const secretParams = /([?&](?:token|code|state|_csrf|access_token|id_token)=)[^&#]*/gi;
+const secretParams = /([?&](?:token|code|state|_csrf|access_token|id_token|next)=)[^&#]*/gi;
 const secretPaths = /^(\/join\/)[^/?#]+/;
 
 /** A URL as it may be logged: secrets in its query or its invite path replaced. */

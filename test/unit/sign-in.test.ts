@@ -11,10 +11,11 @@ test('after sign-in the browser goes to a path on this site only', () => {
   }
 });
 
-test('logs never carry sign-in tokens, OAuth codes and states, or invite tokens', () => {
+test('logs never carry sign-in tokens, OAuth codes and states, or invite tokens (where the sign-in returns to included)', () => {
   assert.equal(redactUrl('/auth/email/verify?token=abcDEF123'), '/auth/email/verify?token=[redacted]');
   assert.equal(redactUrl('/auth/callback/google?code=xyz&state=s1&iss=http%3A%2F%2Fidp'), '/auth/callback/google?code=[redacted]&state=[redacted]&iss=http%3A%2F%2Fidp');
   assert.equal(redactUrl('/join/Zm9vYmFy?x=1'), '/join/[redacted]?x=1');
+  assert.equal(redactUrl('/login?next=%2Fjoin%2FZm9vYmFy'), '/login?next=[redacted]', 'an invite link on its way through the sign-in');
   assert.equal(redactUrl('/u/123/proxy/8888/mrp/v1/execute'), '/u/123/proxy/8888/mrp/v1/execute');
 });
 
