@@ -11,6 +11,7 @@ import { servicesRoutes } from './routes/services.js';
 import { healthRoutes, type HealthChecks } from './routes/health.js';
 import { inviteRoutes } from './routes/invites.js';
 import { projectRoutes } from './routes/projects.js';
+import { publishRoutes } from './routes/publish.js';
 import { sessionRoutes } from './routes/session.js';
 import { signInRoutes } from './routes/sign-in.js';
 import { registerCsrfProtection } from './csrf.js';
@@ -63,6 +64,7 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     app.register(servicesRoutes(platform));
     app.register(projectRoutes(platform));
     app.register(inviteRoutes(platform));
+    app.register(publishRoutes(platform));
     app.register(userProxyRoutes(platform));
     app.server.on('upgrade', userProxyUpgrade(platform, app.log));
     // Upgraded sockets are no longer the HTTP server's: cut them first, or closing would wait on them.

@@ -9,6 +9,7 @@ import type { Plan } from '../workflows/contracts/users.js';
 import type { Auth } from './auth.js';
 import type { CollaboratorAccess, EditorTunnel } from './collaborators.js';
 import type { ExecuteHints } from './proxy/execute-hints.js';
+import type { Publisher } from './publish/publisher.js';
 import type { TunnelRegistry } from './proxy/forward.js';
 import type { RouteTable } from './route-table.js';
 
@@ -33,4 +34,6 @@ export interface PlatformDeps {
   signIn: { providers: Map<string, SignInProvider>; mail: MailTransport | undefined; publicUrl: string; secureCookies: boolean };
   /** The tier ladder per plan, to check a migration target before starting it. */
   tiers: Record<Plan, Tier[]>;
+  /** Published projects (`/@<username>/<project>/...`) and how their pages are cached. */
+  publishing: { publisher: Publisher; pageMaxAgeSeconds: number; readerScriptUrl: string | null };
 }

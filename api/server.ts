@@ -16,6 +16,7 @@ import { createCollaboratorAccess, type EditorTunnel } from './collaborators.js'
 import { createAuth, secureCookiesFor } from './auth.js';
 import type { PlatformDeps } from './platform.js';
 import { createExecuteHints } from './proxy/execute-hints.js';
+import { createPublisher } from './publish/publisher.js';
 import { createUpstreamAgent, TunnelRegistry } from './proxy/forward.js';
 import { createRouteTable } from './route-table.js';
 import type { HealthChecks } from './routes/health.js';
@@ -59,6 +60,8 @@ export async function createPlatform(opts: {
   gpuWaitMs?: number;
   /** Sign-in providers and the mail transport for email links (none when absent). */
   signIn?: { providers?: SignInProvider[]; mail?: MailTransport };
+  /** Where users' files are (MARKCO_USERS_DIR) and the publishing settings (Config['publish'] defaults when absent). */
+  publish: { usersDir: string } & Partial<Config['publish']>;
   log: Logger;
 }): Promise<{ platform: PlatformDeps; close: () => Promise<void> }> {
   const store = createStore(opts.pool);
@@ -66,6 +69,15 @@ export async function createPlatform(opts: {
   await routes.start();
   const operations = createOperations(new Client({ connection: opts.temporal, namespace: opts.namespace }), opts.taskQueue);
   const tunnels = new TunnelRegistry<EditorTunnel>();
+  const readerScriptUrl = opts.publish.readerScriptUrl ?? null;
+  const publisher = createPublisher({
+    usersDir: opts.publish.usersDir,
+    publicUrl: opts.http.publicUrl,
+    readerScriptUrl,
+    cacheBytes: opts.publish.cacheBytes ?? 64 * 1024 * 1024,
+    users: store.users,
+    log: opts.log,
+  });
   const platform: PlatformDeps = {
     store,
     auth: createAuth({ sessions: store.sessions, adminToken: opts.http.adminToken, secureCookies: secureCookiesFor(opts.http.publicUrl) }),
@@ -85,11 +97,13 @@ export async function createPlatform(opts: {
       secureCookies: secureCookiesFor(opts.http.publicUrl),
     },
     tiers: opts.tiers ?? defaultTierLadder,
+    publishing: { publisher, pageMaxAgeSeconds: opts.publish.pageMaxAgeSeconds ?? 60, readerScriptUrl },
   };
   return {
     platform,
     close: async () => {
       platform.tunnels.closeEverything();
+      publisher.close();
       await routes.close();
       platform.upstreamAgent.destroy();
     },
@@ -121,6 +135,7 @@ export async function startEdge(config: Config, log: Logger) {
     tiers: config.tiers,
     gpuWaitMs: config.gpuWaitMs,
     signIn: signInFromConfig(config),
+    publish: { usersDir: config.environment.usersDir, ...config.publish },
     log,
   });
   const app = buildApp(

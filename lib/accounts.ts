@@ -61,6 +61,14 @@ export function createAccounts(pool: pg.Pool) {
         return r.rows[0] ? userFromRow(r.rows[0]) : undefined;
       },
 
+      /** The user published pages are under (`/@<username>/...`); a user being deleted has none. Case-insensitive. */
+      async byUsername(username: string): Promise<UserRecord | undefined> {
+        const name = username.toLowerCase();
+        if (!/^[a-z_][a-z0-9._-]{0,31}$/.test(name)) return undefined;
+        const r = await pool.query<UserRow>('SELECT * FROM users WHERE username = $1 AND deleting_at IS NULL', [name]);
+        return r.rows[0] ? userFromRow(r.rows[0]) : undefined;
+      },
+
       /** Finds the user with this email (case-insensitive) or creates one with a unique username. */
       async ensureByEmail(input: { email: string; name?: string | undefined }): Promise<{ user: UserRecord; created: boolean }> {
         const email = input.email.trim();

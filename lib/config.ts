@@ -125,6 +125,14 @@ const ConfigSchema = z.object({
   MARKCO_EDITOR_IMAGE: z.string().trim().min(1).default('localhost/markco-editor-lite:0.1'),
   MARKCO_IMPORT_ALLOW_PRIVATE: bool(false),
 
+  // Publishing (/@<username>/<project>/...).
+  MARKCO_PUBLISH_READER_URL: optionalString.refine(
+    (v) => v === undefined || /^https?:\/\/[^\s/]+\/\S*$/.test(v) || /^\/[^\s/]\S*$/.test(v),
+    'expected the URL of the mrmd reader script: https://... or a path on this site such as /static/mrmd-reader.iife.js',
+  ),
+  MARKCO_PUBLISH_CACHE_MB: z.coerce.number({ error: 'expected megabytes' }).int('expected whole megabytes').min(1, 'expected 1 to 4096 MB').max(4096, 'expected 1 to 4096 MB').default(64),
+  MARKCO_PUBLISH_PAGE_MAX_AGE_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(0, 'expected 0 to 86400 seconds').max(86_400, 'expected 0 to 86400 seconds').default(60),
+
   // Elastic compute: the tier ladder per plan (JSON; lib/tiers.ts has the default and the rules).
   MARKCO_TIER_LADDER: optionalString,
 
@@ -223,6 +231,8 @@ export interface Config {
   /** How long the edge holds a cell that uses the GPU while the runtime hops to a GPU host. */
   gpuWaitMs: number;
   cloud: CloudConfig;
+  /** Published pages: the mrmd reader script they load, the render cache's size, browsers' and CDNs' max-age. */
+  publish: { readerScriptUrl: string | null; cacheBytes: number; pageMaxAgeSeconds: number };
 }
 
 /** The sign-in providers and the mail transport (lib/sign-in-providers.ts, lib/mail.ts). */
@@ -409,6 +419,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       idleStopsEditor: c.MARKCO_IDLE_STOP_EDITOR,
     },
     monitor: { intervalMs: c.MARKCO_MONITOR_INTERVAL_MS, idleAfterMs: c.MARKCO_IDLE_AFTER_S * 1000 },
+    publish: { readerScriptUrl: c.MARKCO_PUBLISH_READER_URL ?? null, cacheBytes: c.MARKCO_PUBLISH_CACHE_MB * 1024 * 1024, pageMaxAgeSeconds: c.MARKCO_PUBLISH_PAGE_MAX_AGE_S },
   };
 }
 

@@ -14,7 +14,7 @@ import { createPlatform } from '../../api/server.js';
 import type { HostShells } from '../../activities/host-shell.js';
 import { createLogger, type Logger } from '../../lib/logger.js';
 import type { HarnessState } from './harness.js';
-import { startTestWorker, type TestDatabase } from './context.js';
+import { startTestWorker, testEnvironment, type TestDatabase } from './context.js';
 
 export const testAdminToken = `test-admin-${randomBytes(16).toString('hex')}`;
 
@@ -29,7 +29,16 @@ export async function startTestEdge(
   state: HarnessState,
   db: TestDatabase,
   taskQueue: string,
-  opts: { devLogin?: boolean; port?: number; gpuWaitMs?: number; publicUrl?: string; signIn?: { providers?: SignInProvider[]; mail?: MailTransport }; log?: Logger } = {},
+  opts: {
+    devLogin?: boolean;
+    port?: number;
+    gpuWaitMs?: number;
+    publicUrl?: string;
+    signIn?: { providers?: SignInProvider[]; mail?: MailTransport };
+    log?: Logger;
+    /** Publishing settings; users' files are the test environment's usersDir unless given. */
+    publish?: { usersDir?: string; readerScriptUrl?: string | null; cacheBytes?: number; pageMaxAgeSeconds?: number };
+  } = {},
 ): Promise<RunningEdge> {
   const log = opts.log ?? createLogger({ level: process.env.MARKCO_TEST_LOG_LEVEL ?? 'warn', name: 'test-edge' });
   const temporal = await Connection.connect({ address: state.temporal.address });
@@ -42,6 +51,7 @@ export async function startTestEdge(
     http: { adminToken: testAdminToken, publicUrl: opts.publicUrl ?? 'http://localhost:8080', devLogin: opts.devLogin ?? true },
     ...(opts.signIn ? { signIn: opts.signIn } : {}),
     ...(opts.gpuWaitMs !== undefined ? { gpuWaitMs: opts.gpuWaitMs } : {}),
+    publish: { ...opts.publish, usersDir: opts.publish?.usersDir ?? testEnvironment(state).usersDir },
     log,
   });
   const app = buildApp({ health: {}, platform }, { logger: log });
