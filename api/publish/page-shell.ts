@@ -67,6 +67,7 @@ export function renderShell(input: ShellInput): string {
 <title>${escapeHtml(title)}</title>${noindex}
 <link rel="canonical" href="${escapeHtml(input.canonicalUrl)}">
 <link rel="stylesheet" href="${escapeHtml(input.stylesheetUrl)}">
+<link rel="icon" href="data:,">
 </head><body class="markco-published">
 <header class="site-header"><a class="project" href="${escapeHtml(pageHref(input.projectBase, ''))}"${headerCurrent}>${escapeHtml(input.projectTitle)}</a><span class="owner">by @${escapeHtml(input.username)}</span></header>
 <div class="layout">
