@@ -129,13 +129,21 @@ export function createPublisher(opts: PublisherOptions) {
 
   const fresh = (w: Watched | undefined): w is Watched => w !== undefined && !w.stale && Date.now() < w.expiresAt;
 
+  let lastWatchWarning = 0;
   /** Watches `dir` for `w`; a change (for which `relevant` holds) marks it stale at once. */
   function watchFor(w: Watched, dir: string, relevant: (name: string | null) => boolean = () => true): void {
     const stop = watchers.subscribe(dir, (name) => {
       if (relevant(name)) w.stale = true;
     });
-    if (stop) w.stops.push(stop);
-    else w.expiresAt = Math.min(w.expiresAt, Date.now() + limits.fallbackTtlMs);
+    if (stop) {
+      w.stops.push(stop);
+      return;
+    }
+    w.expiresAt = Math.min(w.expiresAt, Date.now() + limits.fallbackTtlMs);
+    if (Date.now() - lastWatchWarning > 60_000) {
+      lastWatchWarning = Date.now();
+      opts.log?.warn({ dir, watches: watchers.size, limit: limits.maxWatches }, 'publishing: a folder could not be watched (watch limit, or the kernel refused: fs.inotify.max_user_watches); its pages are read again every few seconds instead');
+    }
   }
 
   async function owner(segment: string): Promise<Owner | null> {

@@ -25,7 +25,7 @@ const notFoundHtml = page({
 const immutable = 'public, max-age=31536000, immutable';
 
 /** Published pages run no script of their own: only the mrmd reader, when one is configured. */
-function contentSecurityPolicy(readerScriptUrl: string | null): string {
+export function contentSecurityPolicy(readerScriptUrl: string | null): string {
   const scriptSrc = readerScriptUrl === null ? "'none'" : /^https?:\/\//.test(readerScriptUrl) ? new URL(readerScriptUrl).origin : "'self'";
   return [
     "default-src 'none'",

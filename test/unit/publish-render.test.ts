@@ -5,6 +5,7 @@ import { contentHash, matchesIfNoneMatch, strongEtag } from '../../api/publish/h
 import { linkedPaths, parsePage, projectPathOf, renderPage } from '../../api/publish/markdown.js';
 import { renderShell, scriptJson, type ShellInput } from '../../api/publish/page-shell.js';
 import { codeSha256, parseSavedOutputs, savedOutputHtml } from '../../api/publish/saved-outputs.js';
+import { contentSecurityPolicy } from '../../api/routes/publish.js';
 
 const render = (md: string, outputs = new Map(), urlOf: (p: string) => string | null = () => null, pageFile = 'page.md') => renderPage(parsePage(md), { pageFile, outputs, urlOf });
 const outputsOf = (cells: unknown[]) => parseSavedOutputs(JSON.stringify({ version: 1, cells }));
@@ -147,6 +148,15 @@ describe('the page around the content', () => {
     assert.match(html, /<script src="\/static\/mrmd-reader.iife.js" defer><\/script>/);
     assert.equal((html.match(/<\/script>/g) ?? []).length, 2, 'only the two script elements close');
     assert.equal(JSON.parse(scriptJson({ a: '</script>\u2028' })).a, '</script>\u2028');
+  });
+});
+
+describe('content security policy of pages', () => {
+  test('no script at all without a reader; with one, only its origin (or this site for a path)', () => {
+    assert.match(contentSecurityPolicy(null), /script-src 'none'/);
+    assert.match(contentSecurityPolicy(null), /default-src 'none'/);
+    assert.match(contentSecurityPolicy('https://cdn.example.com/mrmd/reader.js'), /script-src https:\/\/cdn.example.com;/);
+    assert.match(contentSecurityPolicy('/static/mrmd-reader.iife.js'), /script-src 'self';/);
   });
 });
 
