@@ -39,9 +39,11 @@ APT_UPDATED=0
 apt_update_once() { [ $APT_UPDATED = 1 ] || { log "apt-get update"; apt-get update -qq; APT_UPDATED=1; }; }
 
 # --- 1. Debian/Ubuntu packages -------------------------------------------------------------------
-# chromium and the fonts: the browser tests of published pages (playwright-core drives Debian's chromium).
+# The fonts and chromium: the browser tests of published pages (playwright-core drives Debian's chromium).
 APT_PACKAGES=(podman runc openssh-server openssh-client debootstrap iproute2 iptables python3 python3-venv git
-  ca-certificates curl xz-utils util-linux procps psmisc tar zstd chromium fonts-liberation fonts-dejavu-core)
+  ca-certificates curl xz-utils util-linux procps psmisc tar zstd fonts-liberation fonts-dejavu-core)
+# Ubuntu 24.04 ships chromium only as a snap: there the browser tests fail until one is on PATH.
+if [ "$ID" = debian ]; then APT_PACKAGES+=(chromium); fi
 if ! skipped apt; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done

@@ -116,4 +116,8 @@ describe('a published page in Chromium', () => {
   test('the pages loaded without a blocked resource or a script error', () => {
     assert.deepEqual(problems, []);
   });
+
+  test('without chromium, a browser test fails and says how to get it (it never skips)', async () => {
+    await assert.rejects(launchChromium({ pathEnv: '/nonexistent' }), /missing prerequisite: chromium: not found on PATH; run infra\/dev\/bootstrap\.sh/);
+  });
 });

@@ -6,8 +6,8 @@ import { requireExecutable } from '../../infra/dev/prerequisites.js';
  * fonts) driven by playwright-core, with the flags verified on these machines (ENVIRONMENT.md). A
  * missing Chromium fails the test with a message naming it: browser tests never skip.
  */
-export async function launchChromium(): Promise<Browser> {
-  const executablePath = requireExecutable('chromium');
+export async function launchChromium(opts: { pathEnv?: string } = {}): Promise<Browser> {
+  const executablePath = requireExecutable('chromium', opts.pathEnv);
   return chromium.launch({
     executablePath,
     headless: true,
