@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { DescribeInstancesCommand, type EC2Client } from '@aws-sdk/client-ec2';
+import type { EC2Client } from '@aws-sdk/client-ec2';
 import { HeadObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
@@ -21,6 +21,7 @@ import {
   emulatorCredentials,
   emulatorEc2,
   freshDatabase,
+  liveInstancesOfUser,
   registerBaseHost,
   startTestBootWatcher,
   startTestWorker,
@@ -101,6 +102,8 @@ describe('account deletion', () => {
   let taskQueue: string;
   let userId: string;
   let me: TestSession;
+  /** Another user, collaborating with the one deleted in both directions; their account stays. */
+  let bob: TestSession | undefined;
   const archivesDir = () => join(h.state.baseHost.dataDir, 'archives');
   const home = () => join(testEnvironment(h.state).usersDir, userId);
   const base = () => hostEnvShell(h.state.baseHost);
@@ -108,6 +111,25 @@ describe('account deletion', () => {
   const { call, devLogin, wsOpen } = edgeClient(() => edge.url);
   const admin = { authorization: `Bearer ${testAdminToken}` };
   const dashboard = async (session: Pick<TestSession, 'cookie'>) => (await call('/dashboard', { session })).status;
+  /** A WebSocket event awaited with a bound, so a test that fails says what it waited for instead of hanging. */
+  const within = <T>(what: string, ms: number, p: Promise<T>): Promise<T> => {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+  };
+  /** `from` invites `to` to a project of theirs; `to` takes the link and opens a WebSocket into `from`'s editor. */
+  const collaborate = async (from: TestSession, to: TestSession) => {
+    const made = await call('/api/invites', { session: from, body: { project: 'notes', role: 'editor' } });
+    assert.equal(made.status, 201, made.text);
+    const joined = await call(`/join/${made.json.token}`, { session: to, headers: { accept: 'application/json' } });
+    assert.equal(joined.status, 303, joined.text);
+    const { ws } = await within(`a WebSocket of ${to.id} into ${from.id}'s editor`, 30_000, wsOpen(`/u/${from.id}/events`, to));
+    assert.ok(ws, `${to.id} has a WebSocket into ${from.id}'s editor`);
+    ws.on('error', () => undefined);
+    // Wrapped: an async function's returned promise would be awaited through.
+    return { closed: new Promise<void>((resolve) => ws.once('close', () => resolve())) };
+  };
+  const membershipsOf = async (id: string, live: boolean) =>
+    (await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM memberships WHERE (owner_id = $1 OR member_id = $1) ${live ? 'AND revoked_at IS NULL' : ''}`, [id])).rows[0]!.n;
   const execute = async (code: string) => {
     const rt = (await db.store.runtimes.live(userId))!;
     const res = await call(`/u/${userId}/proxy/${rt.port}/mrp/v1/execute`, { session: me, body: { code } });
@@ -120,10 +142,7 @@ describe('account deletion', () => {
     return res.json.result;
   };
   const containersOnBase = async () => (await base().run(['podman', 'ps', '--all', '--format', '{{.Names}}'])).stdout.split('\n').filter(Boolean);
-  const liveInstancesOfUser = async () => {
-    const out = await ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: 'tag:markco:user', Values: [userId] }, { Name: 'tag:markco:deployment', Values: [deploymentId] }] }));
-    return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).filter((i) => !['shutting-down', 'terminated'].includes(i.State?.Name ?? ''));
-  };
+  const liveInstances = () => liveInstancesOfUser(ec2, userId, deploymentId);
   const s3Keys = async () => (await archives.s3.send(new ListObjectsV2Command({ Bucket: archives.bucket, Prefix: `archives/${userId}/` }))).Contents?.map((o) => o.Key) ?? [];
   /** Waits until the deletion run keeps failing on S3 (the relay is cut): the activity has been tried at least twice. */
   const stuckOnS3 = (operationId: string) =>
@@ -175,8 +194,8 @@ describe('account deletion', () => {
     worker?.shutdown();
     await running;
     await closeWorker?.();
-    if (userId) {
-      await base().run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${userId}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
+    for (const id of [userId, bob?.id].filter(Boolean)) {
+      await base().run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${id}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
     }
     await watcher?.stop();
     ec2?.destroy();
@@ -206,9 +225,10 @@ describe('account deletion', () => {
     assert.ok((await containersOnBase()).includes(`rt-${userId}`), 'the runtime still runs');
   });
 
-  test('DELETE /api/account removes sessions, containers, snapshots (local and S3), files and reserved hosts; a run terminated mid-way and one whose S3 delete fails are finished by the next', async () => {
+  test('DELETE /api/account removes sessions, memberships, containers, snapshots (local and S3), files and reserved hosts; a run terminated mid-way and one whose S3 delete fails are finished by the next', async () => {
     // What the user has: a file in their home, a named snapshot (base server and S3), a sandbox, a second
-    // signed-in device, a WebSocket open into the editor, and an EC2 host reserved for them.
+    // signed-in device, a WebSocket open into the editor, an EC2 host reserved for them, and a
+    // collaborator in each direction.
     await execute("open('/home/user/notes.md', 'w').write('private notes')");
     assert.ok(existsSync(join(home(), 'notes.md')));
     const snapshot = await done(await call(`/api/runtimes/${userId}/snapshot?wait=110`, { session: me, body: { name: 'keep' } }));
@@ -225,11 +245,20 @@ describe('account deletion', () => {
       if (r.rows[0]?.state !== 'ready') throw new Error(JSON.stringify(r.rows));
       return r.rows[0].id;
     }, { timeoutMs: 180_000, intervalMs: 500 });
-    assert.equal((await liveInstancesOfUser()).length, 1);
-    const { ws } = await wsOpen(`/u/${userId}/events`, me);
+    assert.equal((await liveInstances()).length, 1);
+    const { ws } = await within('a WebSocket into the editor', 30_000, wsOpen(`/u/${userId}/events`, me));
     assert.ok(ws, 'a WebSocket is open into the editor');
     ws.on('error', () => undefined);
     const wsClosed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+    // Bob works in the user's project and the user in Bob's, each with a WebSocket open.
+    bob = await devLogin('bob.collaborator@example.test');
+    await waitFor("Bob's editor to run", async () => {
+      const d = await call('/dashboard', { session: bob });
+      if (d.json?.editor?.state !== 'running') throw new Error(d.text);
+    }, { timeoutMs: 120_000, intervalMs: 250 });
+    const bobCut = await collaborate(me, bob);
+    const userCut = await collaborate(bob, me);
+    assert.equal(await membershipsOf(userId, true), 2);
 
     // S3 fails from now on: the run gets as far as the snapshots and keeps retrying there.
     relay.cut();
@@ -238,10 +267,14 @@ describe('account deletion', () => {
     assert.match(String(deleted.headers['set-cookie']), /markco_session=;.*Max-Age=0/, 'the cookie is cleared');
     const firstRun = deleted.json.operation_id as string;
     assert.ok(decodeOperationId(firstRun)?.workflowId === `user/${userId}/delete-account`);
-    await wsClosed;
+    await within("the user's WebSocket to be cut", 10_000, wsClosed);
+    await within("Bob's WebSocket into the user's editor to be cut", 10_000, bobCut.closed);
+    await within("the user's WebSocket into Bob's editor to be cut", 10_000, userCut.closed);
+    assert.equal(await membershipsOf(userId, true), 0, 'the memberships on both sides are revoked');
+    assert.equal(await dashboard(bob), 200, 'Bob stays signed in');
     assert.equal(await dashboard(me), 401, 'the session stopped working at once');
     assert.equal(await dashboard(other), 401, 'every session of the user did');
-    assert.equal((await wsOpen(`/u/${userId}/events`, me)).status, 401, 'the editor cannot be reached again');
+    assert.equal((await within('a WebSocket to be refused', 30_000, wsOpen(`/u/${userId}/events`, me))).status, 401, 'the editor cannot be reached again');
     const joined = await call(`/api/users/${userId}`, { method: 'DELETE', headers: admin });
     assert.equal(joined.status, 202, joined.text);
     assert.equal(joined.json.operation_id, firstRun, 'a second request joins the running deletion');
@@ -252,7 +285,7 @@ describe('account deletion', () => {
     assert.ok(marked.rows[0]?.deleting_at, 'the user is marked as being deleted');
     assert.deepEqual((await containersOnBase()).filter((n) => n.includes(userId) || n === sandbox.containerName), [], 'runtime, editor and sandbox are gone');
     assert.ok(!existsSync(home()), 'the home directory is gone');
-    assert.deepEqual(await liveInstancesOfUser(), [], 'the reserved instance is terminated');
+    assert.deepEqual(await liveInstances(), [], 'the reserved instance is terminated');
     // Signing in again finds the marked user: whatever session it hands out never resolves.
     const signInAgain = await call('/auth/dev/login', { body: { email } });
     const again = { cookie: String(signInAgain.headers['set-cookie'] ?? '').split(';')[0]! };
@@ -302,6 +335,9 @@ describe('account deletion', () => {
       [userId],
     );
     assert.deepEqual(left.rows[0], { users: 0, sessions: 0, runtimes: 0, editors: 0, snapshots: 0, leases: 0, linked_events: 0 });
+    assert.equal(await membershipsOf(userId, false), 0, 'no membership names the user');
+    assert.equal(await dashboard(bob), 200, "Bob's account is untouched");
+    assert.ok((await containersOnBase()).includes(`ed-${bob.id}`), "and so are Bob's containers");
     const host = await db.store.hosts.get(reserved);
     assert.deepEqual([host?.state, host?.reservedFor], ['terminated', null]);
     // The log keeps what happened under the user's id as plain text, without the user's own words.

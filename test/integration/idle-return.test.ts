@@ -4,7 +4,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
-import { DescribeInstancesCommand, type EC2Client } from '@aws-sdk/client-ec2';
+import type { EC2Client } from '@aws-sdk/client-ec2';
 import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { request } from 'undici';
@@ -17,6 +17,7 @@ import {
   emulatorArchiveBucket,
   emulatorEc2,
   freshDatabase,
+  liveInstancesOfUser,
   registerBaseHost,
   startTestBootWatcher,
   startTestWorker,
@@ -83,10 +84,7 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     assert.ok(r.executionCount > lastCount, `${when}: the execution count continued (${r.executionCount} after ${lastCount})`);
     lastCount = r.executionCount;
   };
-  const liveInstancesOfUser = async () => {
-    const out = await ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: 'tag:markco:user', Values: [userId] }, { Name: 'tag:markco:deployment', Values: [deploymentId] }] }));
-    return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).filter((i) => !['shutting-down', 'terminated'].includes(i.State?.Name ?? ''));
-  };
+  const liveInstances = () => liveInstancesOfUser(ec2, userId, deploymentId);
   /** `rt-<id>` containers on the base server and every booted host. */
   const runtimeContainers = async () => {
     const mine = (names: string) => names.split('\n').filter((n) => n.startsWith(`rt-${userId}`)).length;
@@ -192,7 +190,7 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     assert.equal(head.ServerSideEncryption, 'AES256');
     const local = join(archivesDir(), userId, `${result.snapshotId}.tar`);
     assert.ok(existsSync(local), 'the archive is on the base server');
-    assert.deepEqual(await liveInstancesOfUser(), [], 'no instance of ours is running');
+    assert.deepEqual(await liveInstances(), [], 'no instance of ours is running');
     const rt = await runtimeRow();
     assert.deepEqual([rt.state, rt.hostId, rt.port], ['checkpointed', null, null]);
     assert.equal(await runtimeContainers(), 0, 'no runtime container is left anywhere');
@@ -206,7 +204,7 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     await assertSameKernel('after the return to EC2');
     assert.equal((await execute('len(blob.b)')).result, String(220 * MiB));
     assert.equal(await runtimeContainers(), 1);
-    assert.equal((await liveInstancesOfUser()).length, 1);
+    assert.equal((await liveInstances()).length, 1);
     // The row says `deleted` once both copies are gone (the base server's first, then S3's).
     await waitFor('the used archive to be deleted', async () => {
       const snapshot = await db.store.snapshots.get(result.snapshotId);
@@ -250,13 +248,13 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     await assertSameKernel('after the return from S3');
     const returned = await db.pool.query(`SELECT payload FROM events WHERE type = 'runtime.returned' AND user_id = $1 ORDER BY id`, [userId]);
     assert.deepEqual(returned.rows.map((r) => r.payload.archiveFrom), ['local', 's3']);
-    assert.deepEqual(await liveInstancesOfUser(), []);
+    assert.deepEqual(await liveInstances(), []);
     assert.equal(await runtimeContainers(), 1);
   });
 
   test('bad requests: idle is for operators, a second idle is refused, an unknown user is 404', async () => {
     await quiet();
-    assert.equal((await call(`/api/runtimes/${userId}/idle`, { body: {} })).status, 401, 'the owner cannot send their runtime idle');
+    assert.equal((await call(`/api/runtimes/${userId}/idle`, { body: {} })).status, 403, 'the owner cannot send their runtime idle (a signed-in user who is not an operator)');
     assert.equal((await call(`/api/runtimes/${userId}/idle`, { admin: true, body: { now: true } })).status, 400);
     const unknown = await call('/api/runtimes/00000000-0000-4000-8000-000000000000/idle', { admin: true, body: {} });
     assert.equal(unknown.status, 404, unknown.text);

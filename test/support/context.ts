@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { DescribeInstancesCommand, type EC2Client } from '@aws-sdk/client-ec2';
 import { readFileSync } from 'node:fs';
 import { after, before } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
@@ -125,6 +126,12 @@ export const emulatorCredentials = { accessKeyId: 'markco-test', secretAccessKey
 
 export function emulatorEc2(state: HarnessState) {
   return createEc2Client({ region: 'ca-central-1', endpoint: state.moto.endpoint, snapshotBucket: 'markco-test' }, emulatorCredentials);
+}
+
+/** The emulator's instances launched for a user by a test's deployment that are not terminated or going. */
+export async function liveInstancesOfUser(ec2: EC2Client, userId: string, deploymentId: string) {
+  const out = await ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: 'tag:markco:user', Values: [userId] }, { Name: 'tag:markco:deployment', Values: [deploymentId] }] }));
+  return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).filter((i) => !['shutting-down', 'terminated'].includes(i.State?.Name ?? ''));
 }
 
 /**
