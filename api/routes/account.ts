@@ -15,6 +15,9 @@ export const DeleteAccountBody = z.strictObject({
   confirm: z.string({ error: "expected your account's email address" }).max(320, "expected your account's email address"),
 });
 
+/** Operators confirm with the path; a body is a mistake (a script sending the wrong request) and is refused. */
+const OperatorDeleteBody = z.strictObject({});
+
 /** The confirmation names the account: its email, compared as the users table compares emails (case-insensitive). */
 export function confirmsAccount(confirm: string, email: string): boolean {
   return confirm.trim().toLowerCase() === email.trim().toLowerCase();
@@ -55,6 +58,7 @@ export function accountRoutes(deps: PlatformDeps): FastifyPluginAsync {
     app.delete('/api/users/:userId', { preHandler: operator }, async (req, reply) => {
       const userId = userParam(req, reply);
       if (!userId) return reply;
+      if (!parseBody(OperatorDeleteBody, req.body, reply)) return reply;
       if (!(await deps.store.users.get(userId))) return reply.code(404).send({ error: 'not found', message: `user ${userId} does not exist (a finished deletion leaves no row)` });
       return startDeletion(req, reply, userId, 'operator');
     });

@@ -217,6 +217,7 @@ describe('account deletion', () => {
     assert.equal((await call('/api/account', { method: 'DELETE', session: { cookie: 'markco_session=nope' }, body: { confirm: email } })).status, 401);
     assert.equal((await call(`/api/users/${userId}`, { method: 'DELETE', session: me })).status, 403, "the user's own session is not an operator's");
     assert.equal((await call('/api/users/not-a-user', { method: 'DELETE', headers: admin })).status, 400);
+    assert.equal((await call(`/api/users/${userId}`, { method: 'DELETE', headers: admin, body: { confirm: email } })).status, 400, 'an operator sends no body: one is a mistake');
     assert.equal((await call('/api/users/00000000-0000-4000-8000-000000000000', { method: 'DELETE', headers: admin })).status, 404);
 
     const row = await db.pool.query<{ deleting_at: Date | null }>('SELECT deleting_at FROM users WHERE id = $1', [userId]);
