@@ -3,6 +3,7 @@ import { z } from 'zod';
 import type { UserRecord } from '../../lib/accounts.js';
 import { requireUser, sessionTokenOf, wantsHtml } from '../auth.js';
 import { safeNextPath } from '../../lib/identities.js';
+import { accountBeingDeleted } from './sign-in.js';
 import { escapeHtml, page } from '../html.js';
 import type { PlatformDeps } from '../platform.js';
 import { parseBody } from '../validation.js';
@@ -78,6 +79,7 @@ export function sessionRoutes(deps: PlatformDeps): FastifyPluginAsync {
         const body = parseBody(DevLoginBody, req.body, reply);
         if (!body) return reply;
         const { user } = await deps.store.users.ensureByEmail({ email: body.email, name: body.name });
+        if (await deps.store.accountDeletion.isDeleting(user.id)) return reply.code(403).send({ error: 'forbidden', message: accountBeingDeleted });
         const session = await deps.store.sessions.create(user.id, { userAgent: req.headers['user-agent'], ip: req.ip });
         reply.header('set-cookie', deps.auth.cookie(session.token, session.expiresAt));
         // The containers start while the browser follows the redirect to the dashboard.

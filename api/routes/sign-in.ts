@@ -18,6 +18,8 @@ import { wantsHtml } from '../auth.js';
  * user (lib/identities.ts). Every URL a provider sees is built from MARKCO_PUBLIC_URL.
  */
 export const flowCookie = 'markco_flow';
+/** A sign-in of an account whose deletion has started: refused, since no session of it may work again. */
+export const accountBeingDeleted = 'this account is being deleted; it can no longer sign in';
 const flowCookieSeconds = 600;
 /** Email links per address per this window, beside the per-client rate limit. */
 const linksPerAddress = { max: 3, withinMs: 15 * 60_000 };
@@ -57,6 +59,7 @@ export function signInRoutes(deps: PlatformDeps): FastifyPluginAsync {
 
   /** Opens the session, starts the user's containers and sends the browser on. */
   async function completeSignIn(req: FastifyRequest, reply: FastifyReply, user: UserRecord, how: Record<string, unknown>, nextPath: string) {
+    if (await deps.store.accountDeletion.isDeleting(user.id)) return refuse(req, reply, 403, accountBeingDeleted);
     const session = await deps.store.sessions.create(user.id, { userAgent: req.headers['user-agent'], ip: req.ip });
     reply.header('set-cookie', deps.auth.cookie(session.token, session.expiresAt));
     await deps.store.events.append({ type: 'user.signed-in', source: 'edge', userId: user.id, payload: how });
