@@ -16,6 +16,8 @@ import { sessionRoutes } from './routes/session.js';
 import { signInRoutes } from './routes/sign-in.js';
 import { registerCsrfProtection } from './csrf.js';
 import { userProxyRoutes, userProxyUpgrade } from './routes/user-proxy.js';
+import { metricsRoutes } from './metrics.js';
+import { openApiRoutes } from './openapi.js';
 
 export interface AppDeps {
   health: HealthChecks;
@@ -62,6 +64,8 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     app.register(accountRoutes(platform));
     app.register(hookRoutes(platform));
     app.register(servicesRoutes(platform));
+    app.register(metricsRoutes(platform));
+    app.register(openApiRoutes());
     app.register(projectRoutes(platform));
     app.register(inviteRoutes(platform));
     app.register(publishRoutes(platform));

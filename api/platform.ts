@@ -8,6 +8,7 @@ import type { Tier } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
 import type { Auth } from './auth.js';
 import type { CollaboratorAccess, EditorTunnel } from './collaborators.js';
+import type { ProxyTraffic } from './metrics.js';
 import type { ExecuteHints } from './proxy/execute-hints.js';
 import type { Publisher } from './publish/publisher.js';
 import type { TunnelRegistry } from './proxy/forward.js';
@@ -30,6 +31,8 @@ export interface PlatformDeps {
   activity: ActivityTracker;
   /** Reads MRP execute requests on their way to the runtime: GPU and big-RAM hints, the GPU hop's hold. */
   executeHints: ExecuteHints;
+  /** Requests and bytes through `/u/<id>/`, for `/metrics`. */
+  proxyTraffic: ProxyTraffic;
   /** Sign-in providers, the mail transport for email links, and the public base URL every callback is built from. */
   signIn: { providers: Map<string, SignInProvider>; mail: MailTransport | undefined; publicUrl: string; secureCookies: boolean };
   /** The tier ladder per plan, to check a migration target before starting it. */

@@ -20,6 +20,7 @@ import { createPublisher } from './publish/publisher.js';
 import { createUpstreamAgent, TunnelRegistry } from './proxy/forward.js';
 import { createRouteTable } from './route-table.js';
 import type { HealthChecks } from './routes/health.js';
+import { createProxyTraffic } from './metrics.js';
 
 const { TaskQueueType } = proto.temporal.api.enums.v1;
 
@@ -89,6 +90,7 @@ export async function createPlatform(opts: {
     tunnels,
     collaborators: createCollaboratorAccess({ memberships: store.memberships, tunnels }),
     activity: createActivityTracker(opts.pool),
+    proxyTraffic: createProxyTraffic(),
     executeHints: createExecuteHints({ operations, gpuWaitMs: opts.gpuWaitMs ?? 300_000, log: opts.log }),
     signIn: {
       providers: new Map((opts.signIn?.providers ?? []).map((p) => [p.id, p])),

@@ -65,6 +65,8 @@ const ConfigSchema = z.object({
   TEMPORAL_DEV_PORT: port(7233),
   TEMPORAL_UI_PORT: port(8233),
   MARKCO_WORKFLOW_BUNDLE: optionalString,
+  // The worker's Temporal SDK metrics (Prometheus, at http://<address>/metrics); off unless set.
+  MARKCO_WORKER_METRICS_ADDRESS: hostPort.optional().or(z.literal('').transform(() => undefined)),
 
   // The edge.
   MARKCO_HOST: z.string().trim().min(1).default('127.0.0.1'),
@@ -191,6 +193,8 @@ export interface Config {
     uiPort: number;
     devDbFile: string;
     workflowBundle: string | undefined;
+    /** Where the worker serves the Temporal SDK's Prometheus metrics (host:port), or undefined for none. */
+    workerMetricsAddress: string | undefined;
   };
   http: { host: string; port: number; publicUrl: string; adminToken: string | undefined; devLogin: boolean };
   hosts: {
@@ -384,6 +388,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       uiPort: c.TEMPORAL_UI_PORT,
       devDbFile: join(c.MARKCO_DATA_DIR, 'temporal', 'dev.sqlite'),
       workflowBundle: c.MARKCO_WORKFLOW_BUNDLE,
+      workerMetricsAddress: c.MARKCO_WORKER_METRICS_ADDRESS,
     },
     http: {
       host: c.MARKCO_HOST,

@@ -45,9 +45,13 @@ export async function createWorker(opts: {
 
 const temporalLevels: Record<string, LogLevel> = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO', warn: 'WARN', error: 'ERROR', fatal: 'ERROR', silent: 'ERROR' };
 
-/** Routes the Temporal SDK's own logs into the process's pino root. */
-export function installTemporalRuntime(log: Logger, level: string): void {
+/**
+ * Routes the Temporal SDK's own logs into the process's pino root and, given `metricsAddress` (host:port),
+ * has the SDK's core serve its metrics (task latencies, slots, polls, failures) for Prometheus there.
+ */
+export function installTemporalRuntime(log: Logger, level: string, metricsAddress?: string): void {
   Runtime.install({
+    ...(metricsAddress ? { telemetryOptions: { metrics: { prometheus: { bindAddress: metricsAddress } } } } : {}),
     logger: new DefaultLogger(temporalLevels[level] ?? 'INFO', (entry) => {
       const method = entry.level === 'TRACE' ? 'trace' : entry.level === 'DEBUG' ? 'debug' : entry.level === 'WARN' ? 'warn' : entry.level === 'ERROR' ? 'error' : 'info';
       log[method]({ ...entry.meta, sdk: 'temporal' }, entry.message);
@@ -58,7 +62,8 @@ export function installTemporalRuntime(log: Logger, level: string): void {
 export async function runWorker(config: Config, log: Logger): Promise<void> {
   if (!config.database.url) throw new Error('the worker needs DATABASE_URL (the main command sets it for the embedded database)');
   if (!config.temporal.address) throw new Error('the worker needs TEMPORAL_ADDRESS (the main command sets it for the dev server)');
-  installTemporalRuntime(log, config.logLevel);
+  installTemporalRuntime(log, config.logLevel, config.temporal.workerMetricsAddress);
+  if (config.temporal.workerMetricsAddress) log.info({ address: config.temporal.workerMetricsAddress }, 'Temporal SDK metrics at /metrics');
   const pool = createPool(config.database.url, { application: 'markco-worker' });
   const shells = new HostShells({
     baseHostId: config.hosts.baseHostId,

@@ -16,7 +16,7 @@ export const DeleteAccountBody = z.strictObject({
 });
 
 /** Operators confirm with the path; a body is a mistake (a script sending the wrong request) and is refused. */
-const OperatorDeleteBody = z.strictObject({});
+export const OperatorDeleteBody = z.strictObject({});
 
 /** The confirmation names the account: its email, compared as the users table compares emails (case-insensitive). */
 export function confirmsAccount(confirm: string, email: string): boolean {

@@ -13,16 +13,16 @@ import { parseBody } from '../validation.js';
  * Anything that takes more than a moment is an operation: 202 with its id, or the final state within
  * `?wait=SECONDS` for scripts.
  */
-const StartRuntimeBody = z.strictObject({
+export const StartRuntimeBody = z.strictObject({
   user_id: z.string().regex(userIdPattern, 'expected a user id (a lowercase UUID)'),
   plan: z.enum(Plans, { error: `expected one of ${Plans.join(', ')}` }).optional(),
 });
 
-const MigrateBody = z.strictObject({
+export const MigrateBody = z.strictObject({
   target_type: z.string().regex(/^[a-z0-9][a-z0-9.-]{0,40}$/, 'expected "base", a tier name or an instance type such as t3.medium'),
 });
 
-const WaitQuery = z.object({
+export const WaitQuery = z.object({
   wait: z.coerce.number({ error: 'expected seconds' }).min(0, 'expected 0 to 300 seconds').max(300, 'expected 0 to 300 seconds').optional(),
 });
 

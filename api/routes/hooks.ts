@@ -14,7 +14,7 @@ import { parseBody } from '../validation.js';
  */
 const memoryTypes = ['memory', 'pre-provision', 'migrate', 'urgent-migrate', 'critical'] as const;
 const eventTypes = [...memoryTypes, 'idle-sleep', 'idle-wake', 'gpu-hint', 'big-ram-hint', 'spot-interruption'] as const;
-const ResourceEvent = z.strictObject({
+export const ResourceEvent = z.strictObject({
   type: z.enum(eventTypes, { error: `expected one of ${eventTypes.join(', ')}` }),
   runtime_id: z.uuid({ error: 'expected a runtime id' }).optional(),
   container_name: z.string().max(200).optional(),

@@ -21,7 +21,7 @@ const defaultInviteSeconds = 7 * dayS;
 const maxInviteSeconds = 90 * dayS;
 const maxUsesLimit = 10_000;
 
-const CreateInviteBody = z.strictObject({
+export const CreateInviteBody = z.strictObject({
   project: z.string().regex(projectNamePattern, "expected a project name: letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)"),
   role: z.enum(['viewer', 'editor'], { error: 'expected viewer or editor' }),
   expires_in_seconds: z

@@ -6,7 +6,7 @@ import { requireUser } from '../auth.js';
 import type { PlatformDeps } from '../platform.js';
 import { parseBody } from '../validation.js';
 
-const ImportBody = z.strictObject({
+export const ImportBody = z.strictObject({
   repo_url: z.url({ protocol: /^https?$/, error: 'expected an http(s) git URL of a public repository' }).max(2000),
   name: z
     .string()

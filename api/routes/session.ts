@@ -8,7 +8,7 @@ import { escapeHtml, page } from '../html.js';
 import type { PlatformDeps } from '../platform.js';
 import { parseBody } from '../validation.js';
 
-const DevLoginBody = z.strictObject({
+export const DevLoginBody = z.strictObject({
   email: z.email('expected an email address').max(254),
   name: z.string().trim().min(1).max(200).optional(),
 });

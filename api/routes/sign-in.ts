@@ -24,12 +24,12 @@ const flowCookieSeconds = 600;
 /** Email links per address per this window, beside the per-client rate limit. */
 const linksPerAddress = { max: 3, withinMs: 15 * 60_000 };
 
-const EmailBody = z.object({
+export const EmailBody = z.object({
   email: z.email('expected an email address').max(254),
   next: z.string().max(2000).optional(),
   _csrf: z.string().optional(),
 });
-const VerifyBody = z.object({ token: z.string().min(20).max(200), _csrf: z.string().optional() });
+export const VerifyBody = z.object({ token: z.string().min(20).max(200), _csrf: z.string().optional() });
 
 function flowCookieHeader(value: string, maxAge: number, secure: boolean): string {
   return `${flowCookie}=${value}; Path=/auth/callback; Max-Age=${maxAge}; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;

@@ -14,15 +14,15 @@ import { startAndAnswer, userParam } from './compute.js';
  * is 409). The owner or an operator; `idle` is for operators (and the resource monitor) only.
  */
 const snapshotName = z.string().regex(snapshotNamePattern, "expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit");
-const SnapshotBody = z.strictObject({ name: snapshotName.optional() });
-const RestoreBody = z
+export const SnapshotBody = z.strictObject({ name: snapshotName.optional() });
+export const RestoreBody = z
   .strictObject({ snapshot_id: z.string().regex(uuidPattern, 'expected a snapshot id').optional(), name: snapshotName.optional() })
   .refine((b) => (b.snapshot_id === undefined) !== (b.name === undefined), { message: 'send exactly one of snapshot_id and name' });
-const SandboxBody = z.strictObject({
+export const SandboxBody = z.strictObject({
   ttl_seconds: z.number().int('expected whole seconds').min(sandboxTtl.minSeconds).max(sandboxTtl.maxSeconds).optional(),
   host_id: z.string().regex(hostIdPattern, 'expected a host id').optional(),
 });
-const EmptyBody = z.strictObject({});
+export const EmptyBody = z.strictObject({});
 
 function snapshotView(s: SnapshotRecord) {
   return {

@@ -137,13 +137,18 @@ export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
         body = await deps.executeHints.readBody(req.raw);
         await deps.executeHints.beforeExecute(ownerId, body);
       }
+      let bytes = { up: 0, down: 0 };
       const outcome = await forwardHttp(req.raw, reply.raw, { host: upstream.host, port: upstream.port, path: rest }, {
         ...(body ? { body } : {}),
         agent: deps.upstreamAgent,
         forwardedPrefix: `/u/${ownerId}`,
         edgeCookie: sessionCookie,
         ...forwardedFor(req.raw),
+        onBytes: (up, down) => {
+          bytes = { up, down };
+        },
       });
+      deps.proxyTraffic.http(outcome, bytes.up, bytes.down);
       if (outcome === 'upstream-error') {
         // The editor is gone or moved: look it up afresh next time, and let login bring it back.
         deps.routes.invalidate(ownerId);
@@ -201,6 +206,7 @@ export function userProxyUpgrade(deps: PlatformDeps, log: { warn: (o: object, m:
         role === 'viewer'
           ? await relayWebSocket(req, socket, head, target, { ...options, clientFilter: viewerFilterFor(rest) })
           : await forwardUpgrade(req, socket, head, target, options);
+      deps.proxyTraffic.upgrade(outcome);
       if (outcome === 'upstream-error') deps.routes.invalidate(ownerId);
       // A revocation that committed while this tunnel was opening may have looked for it before it was
       // registered: look at the membership once more, now that a revocation would find the tunnel.
