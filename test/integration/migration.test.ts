@@ -184,7 +184,7 @@ describe('elastic compute: pressure, pre-provision and migration through the edg
       const bad = await call(`/api/runtimes/${userId}/migrate`, { admin: true, body: { target_type: 'x1e.32xlarge' } });
       assert.equal(bad.status, 400);
       assert.match(bad.json.message, /target_type: x1e.32xlarge is not a tier of the free plan/);
-      assert.equal((await call(`/api/runtimes/${userId}/migrate`, { body: { target_type: 't3.medium' } })).status, 401, 'operators only');
+      assert.equal((await call(`/api/runtimes/${userId}/migrate`, { body: { target_type: 't3.medium' } })).status, 403, 'a signed-in user is not an operator');
       const res = await call(`/api/runtimes/${userId}/migrate?wait=240`, { admin: true, body: { target_type: 't3.medium' } });
       assert.equal(res.status, 200, res.text);
       assert.equal(res.json.status, 'completed', res.text);
