@@ -35,6 +35,9 @@ export function buildApp(deps: AppDeps, opts: { logger?: Logger | false; server?
     keepAliveTimeout: 72_000,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    // Caddy in front (lib/caddy-config.ts) runs beside the edge: X-Forwarded-* is believed from loopback
+    // only, so req.ip (sessions, logs, rate limits) is the browser's address and nobody else can forge it.
+    trustProxy: 'loopback',
     // Operation ids carry a workflow id and a run id: longer than the router's default 100-character parameter.
     routerOptions: { maxParamLength: 512 },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },

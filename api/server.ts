@@ -2,6 +2,7 @@ import { pathToFileURL } from 'node:url';
 import closeWithGrace from 'close-with-grace';
 import { Client, Connection } from '@temporalio/client';
 import proto from '@temporalio/proto';
+import { caddyConfig, caddyFrontOptions, ensureCaddyConfig } from '../lib/caddy-config.js';
 import { loadConfig, type Config } from '../lib/config.js';
 import { createPool, pingDatabase, type Pool } from '../lib/db.js';
 import { createLogger, type Logger } from '../lib/logger.js';
@@ -150,6 +151,11 @@ export async function startEdge(config: Config, log: Logger) {
     await temporal.close();
   });
   await app.listen({ host: config.http.host, port: config.http.port });
+  if (config.http.caddyAdminUrl) {
+    // At every start: an unchanged config is left alone (a reload would cut Caddy's WebSockets), a changed one loaded.
+    const outcome = await ensureCaddyConfig(config.http.caddyAdminUrl, caddyConfig(caddyFrontOptions(config, config.http.caddyAdminUrl)));
+    log.info({ caddy: config.http.caddyAdminUrl, publicUrl: config.http.publicUrl, outcome }, outcome === 'loaded' ? 'Caddy config loaded' : 'Caddy already runs this config');
+  }
   return app;
 }
 

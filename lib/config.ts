@@ -79,6 +79,13 @@ const ConfigSchema = z.object({
     })
     .transform((v) => v.replace(/\/+$/, ''))
     .default('http://localhost:8080'),
+  // Caddy in front (lib/caddy-config.ts): its admin API; unset, no Caddy is configured.
+  MARKCO_CADDY_ADMIN_URL: z
+    .string()
+    .trim()
+    .refine((v) => v === '' || /^http:\/\/[^\s/]+\/?$/.test(v), { message: 'expected the admin API address, for example http://localhost:2019' })
+    .transform((v) => (v === '' ? undefined : v.replace(/\/+$/, '')))
+    .optional(),
   MARKCO_ADMIN_TOKEN: z
     .string()
     .min(32, 'expected at least 32 characters (generate one with: openssl rand -hex 32)')
@@ -196,7 +203,7 @@ export interface Config {
     /** Where the worker serves the Temporal SDK's Prometheus metrics (host:port), or undefined for none. */
     workerMetricsAddress: string | undefined;
   };
-  http: { host: string; port: number; publicUrl: string; adminToken: string | undefined; devLogin: boolean };
+  http: { host: string; port: number; publicUrl: string; adminToken: string | undefined; devLogin: boolean; caddyAdminUrl?: string };
   hosts: {
     baseHostId: string;
     /** Where other hosts reach the base server (its private address in production). */
@@ -396,6 +403,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       publicUrl: c.MARKCO_PUBLIC_URL,
       adminToken: c.MARKCO_ADMIN_TOKEN,
       devLogin: c.MARKCO_DEV_LOGIN,
+      ...(c.MARKCO_CADDY_ADMIN_URL ? { caddyAdminUrl: c.MARKCO_CADDY_ADMIN_URL } : {}),
     },
     hosts: {
       baseHostId: c.MARKCO_BASE_HOST_ID,

@@ -98,10 +98,16 @@ function startingAnswer(req: FastifyRequest, reply: FastifyReply, operationId: s
   });
 }
 
+/** Caddy runs beside the edge: only a loopback peer may say the browser came over https (api/app.ts trustProxy). */
+function fromLoopback(req: IncomingMessage): boolean {
+  const peer = req.socket.remoteAddress ?? '';
+  return peer === '::1' || peer.startsWith('127.') || peer.startsWith('::ffff:127.');
+}
+
 function forwardedFor(req: IncomingMessage) {
   return {
     forwardedFor: req.socket.remoteAddress ?? '',
-    forwardedProto: (req.headers['x-forwarded-proto'] === 'https' ? 'https' : 'http') as 'http' | 'https',
+    forwardedProto: (fromLoopback(req) && req.headers['x-forwarded-proto'] === 'https' ? 'https' : 'http') as 'http' | 'https',
     ...(req.headers.host ? { forwardedHost: req.headers.host } : {}),
   };
 }

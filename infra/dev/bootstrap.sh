@@ -40,8 +40,9 @@ apt_update_once() { [ $APT_UPDATED = 1 ] || { log "apt-get update"; apt-get upda
 
 # --- 1. Debian/Ubuntu packages -------------------------------------------------------------------
 # The fonts and chromium: the browser tests of published pages (playwright-core drives Debian's chromium).
+# caddy: the HTTPS front (lib/caddy-config.ts); policy-rc.d below keeps its packaged service from starting.
 APT_PACKAGES=(podman runc openssh-server openssh-client debootstrap iproute2 iptables python3 python3-venv git
-  ca-certificates curl xz-utils util-linux procps psmisc tar zstd fonts-liberation fonts-dejavu-core)
+  ca-certificates curl xz-utils util-linux procps psmisc tar zstd fonts-liberation fonts-dejavu-core caddy)
 # Ubuntu 24.04 ships chromium only as a snap: there the browser tests fail until one is on PATH.
 if [ "$ID" = debian ]; then APT_PACKAGES+=(chromium); fi
 if ! skipped apt; then

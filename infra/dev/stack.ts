@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import { LocalShell } from '../../activities/host-shell.js';
 import { createEc2Client } from '../../lib/aws.js';
+import { caddyFrontOptions } from '../../lib/caddy-config.js';
 import { ConfigError, loadConfig, type Config } from '../../lib/config.js';
 import { migrateUp } from '../../lib/db.js';
 import { createLogger, type Logger } from '../../lib/logger.js';
@@ -319,6 +320,8 @@ export async function runStack(config: Config, log: Logger): Promise<void> {
     resolveMotoServer({ toolsDir: config.toolsDir });
   }
   const temporalCli = config.temporal.address ? undefined : resolveTemporalCli({ explicit: config.temporal.cli, toolsDir: config.toolsDir });
+  // The edge loads Caddy's config when it starts (api/server.ts): a front that cannot work stops the stack now, not the edge in a loop.
+  if (config.http.caddyAdminUrl) caddyFrontOptions(config, config.http.caddyAdminUrl);
   mkdirSync(join(config.dataDir, 'run'), { recursive: true, mode: 0o755 });
   await stopLeftovers(config, log);
   ensureHostKey(config.hosts.sshKeyPath, log);
@@ -464,6 +467,7 @@ export async function runStack(config: Config, log: Logger): Promise<void> {
           temporal: env.TEMPORAL_ADDRESS,
           database: postgres ? `embedded, ${postgres.dataDir}` : 'DATABASE_URL',
           cloud: config.cloud.provider,
+          ...(config.http.caddyAdminUrl ? { caddy: config.http.caddyAdminUrl, front: config.http.publicUrl } : {}),
           ...(cloud ? { ec2Endpoint: cloud.moto.endpoint, simulatedNetwork: `${cloud.net.bridge} ${cloud.net.prefix}.0/24`, simulatedCloud: join(simulatedCloudDir(config), 'cloud.json') } : {}),
         },
         'markco is up; Ctrl-C stops it',
