@@ -26,9 +26,12 @@ function bearerOf(headers: IncomingHttpHeaders): string | undefined {
   return h && /^Bearer\s+/i.test(h) ? h.replace(/^Bearer\s+/i, '').trim() : undefined;
 }
 
-/** Our cookie's value from a Cookie header (the token is base64url: no quoting or decoding needed). */
-function cookieValue(header: string, name: string): string | undefined {
-  for (const part of header.split(';')) {
+/**
+ * One of our cookies from the request's Cookie header (session, anti-forgery, sign-in flow: all
+ * base64url, so no quoting or decoding is needed).
+ */
+export function cookieOf(headers: IncomingHttpHeaders, name: string): string | undefined {
+  for (const part of (headers.cookie ?? '').split(';')) {
     const eq = part.indexOf('=');
     if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || undefined;
   }
@@ -36,8 +39,7 @@ function cookieValue(header: string, name: string): string | undefined {
 }
 
 export function sessionTokenOf(headers: IncomingHttpHeaders): string | undefined {
-  const fromCookie = headers.cookie ? cookieValue(headers.cookie, sessionCookie) : undefined;
-  return fromCookie ?? bearerOf(headers);
+  return cookieOf(headers, sessionCookie) ?? bearerOf(headers);
 }
 
 export function secureCookiesFor(publicUrl: string): boolean {

@@ -1,6 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { sessionCookie } from './auth.js';
+import { cookieOf, sessionCookie } from './auth.js';
 
 /**
  * Cross-site request forgery, in two layers (SameSite=Lax on the session cookie is the third):
@@ -14,14 +14,6 @@ import { sessionCookie } from './auth.js';
 export const csrfCookie = 'markco_csrf';
 const unsafeMethods = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const formTypes = /^(application\/x-www-form-urlencoded|multipart\/form-data|text\/plain)\b/i;
-
-function cookieOf(req: FastifyRequest, name: string): string | undefined {
-  for (const part of (req.headers.cookie ?? '').split(';')) {
-    const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || undefined;
-  }
-  return undefined;
-}
 
 function sameValue(a: string, b: string): boolean {
   const x = Buffer.from(a);
@@ -43,14 +35,14 @@ export function registerCsrfProtection(app: FastifyInstance, opts: { publicUrl: 
     if (origin && origin !== 'null' && !ownOrigins(req, opts.publicUrl).includes(origin)) {
       return reply.code(403).send({ error: 'forbidden', message: `cross-site request refused: Origin ${origin} is not this site` });
     }
-    if (origin === 'null' && cookieOf(req, sessionCookie)) {
+    if (origin === 'null' && cookieOf(req.headers, sessionCookie)) {
       return reply.code(403).send({ error: 'forbidden', message: 'cross-site request refused: an opaque Origin with a session cookie' });
     }
   });
   app.addHook('preHandler', async (req, reply) => {
     if (!unsafeMethods.has(req.method) || req.url.startsWith('/u/')) return;
-    if (!formTypes.test(req.headers['content-type'] ?? '') || !cookieOf(req, sessionCookie)) return;
-    const expected = cookieOf(req, csrfCookie);
+    if (!formTypes.test(req.headers['content-type'] ?? '') || !cookieOf(req.headers, sessionCookie)) return;
+    const expected = cookieOf(req.headers, csrfCookie);
     const sent = (req.body as Record<string, unknown> | undefined)?._csrf;
     if (!expected || typeof sent !== 'string' || !sameValue(expected, sent)) {
       return reply.code(403).send({ error: 'forbidden', message: 'this form is missing its anti-forgery token (_csrf); reload the page and submit it again' });
@@ -59,7 +51,7 @@ export function registerCsrfProtection(app: FastifyInstance, opts: { publicUrl: 
 
   /** A hidden `_csrf` field for a form on a page, setting the cookie it must match when there is none. */
   app.decorateReply('csrfField', function (this: FastifyReply) {
-    let token = cookieOf(this.request, csrfCookie);
+    let token = cookieOf(this.request.headers, csrfCookie);
     if (!token || !/^[A-Za-z0-9_-]{43}$/.test(token)) {
       token = randomBytes(32).toString('base64url');
       this.header('set-cookie', `${csrfCookie}=${token}; Path=/; HttpOnly; SameSite=Lax${opts.secureCookies ? '; Secure' : ''}`);

@@ -6,7 +6,7 @@ import { escapeHtml, page } from '../html.js';
 import type { PlatformDeps } from '../platform.js';
 import { magicLinkRateLimit, signInRateLimit } from '../rate-limits.js';
 import { parseBody } from '../validation.js';
-import { wantsHtml } from '../auth.js';
+import { cookieOf, wantsHtml } from '../auth.js';
 
 /**
  * Sign-in with the configured providers (OpenID Connect, GitHub) and by email link (issue 7).
@@ -33,14 +33,6 @@ export const VerifyBody = z.object({ token: z.string().min(20).max(200), _csrf: 
 
 function flowCookieHeader(value: string, maxAge: number, secure: boolean): string {
   return `${flowCookie}=${value}; Path=/auth/callback; Max-Age=${maxAge}; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;
-}
-
-function cookieOf(req: FastifyRequest, name: string): string | undefined {
-  for (const part of (req.headers.cookie ?? '').split(';')) {
-    const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || undefined;
-  }
-  return undefined;
 }
 
 function refuse(req: FastifyRequest, reply: FastifyReply, status: number, message: string) {
@@ -94,7 +86,7 @@ export function signInRoutes(deps: PlatformDeps): FastifyPluginAsync {
       reply.header('set-cookie', flowCookieHeader('', 0, signIn.secureCookies));
       if (query.error) return refuse(req, reply, 400, `${provider.label} did not sign you in: ${query.error_description ?? query.error}`);
       const state = typeof query.state === 'string' ? query.state : '';
-      const bound = cookieOf(req, flowCookie);
+      const bound = cookieOf(req.headers, flowCookie);
       if (!state || !bound || bound !== state) {
         return refuse(req, reply, 403, 'this sign-in did not start in this browser (its state does not match); start again from the sign-in page');
       }
