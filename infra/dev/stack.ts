@@ -282,7 +282,7 @@ async function startSimulatedCloud(config: Config, log: Logger, onMoto: (moto: M
 }
 
 /** The reaper's schedule in every mode (without a cloud its runs find nothing to do). */
-async function ensureSchedules(config: Config, address: string, log: Logger): Promise<void> {
+export async function ensureSchedules(config: Config, address: string, log: Logger): Promise<void> {
   const connection = await Connection.connect({ address });
   try {
     const client = new Client({ connection, namespace: config.temporal.namespace });
@@ -485,7 +485,7 @@ export async function runStack(config: Config, log: Logger): Promise<void> {
 }
 
 /** This machine is the base host: register it through the registerHost workflow, like any other host. */
-async function registerBaseHost(config: Config, address: string, log: Logger): Promise<void> {
+export async function registerBaseHost(config: Config, address: string, log: Logger): Promise<void> {
   const connection = await Connection.connect({ address });
   try {
     const client = new Client({ connection, namespace: config.temporal.namespace });
