@@ -2,9 +2,8 @@ import { ApplicationFailure, getExternalWorkflowHandle, log, proxyActivities, se
 import type { Activities } from '../activities/index.js';
 import { validateDeleteAccountInput, type DeleteAccountInput, type DeleteAccountResult } from './contracts/accounts.js';
 import { ErrorType } from './contracts/errors.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
-import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, requireEntityParent, setEndStatus, setStatus, tagOperation } from './lifecycle.js';
 import { quick } from './options.js';
 
 const db = proxyActivities<Activities>(quick);
@@ -55,7 +54,7 @@ export async function deleteAccount(input: DeleteAccountInput): Promise<DeleteAc
   const { userId } = input;
   requireEntityParent(userId, 'deleteAccount', 'deleteAccount');
   let step = 'mark';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   tagOperation({ operation: Operation.deleteAccount, userId });
   const { workflowId } = workflowInfo();
   try {
@@ -110,7 +109,7 @@ export async function deleteAccount(input: DeleteAccountInput): Promise<DeleteAc
     return { userId, userRemoved: removed, ...summary };
   } catch (err) {
     step = 'failed';
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }

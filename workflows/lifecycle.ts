@@ -1,5 +1,6 @@
-import { ApplicationFailure, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, isCancellation, log, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import { ErrorType } from './contracts/errors.js';
+import { cancelUpdate, stepQuery, type CancelRequest } from './contracts/messages.js';
 import { workflowIds } from './contracts/operations.js';
 import { SearchAttr } from './contracts/search-attributes.js';
 import type { Operation, OperationStatus } from './contracts/operations.js';
@@ -28,6 +29,55 @@ export function tagOperation(tags: {
 
 export function setStatus(status: OperationStatus): void {
   upsertSearchAttributes([{ key: SearchAttr.status, value: status }]);
+}
+
+/** The MarkcoStatus of a run that ends with this error: a cancellation (the CLI's or the update's) is not a failure. */
+export function setEndStatus(err: unknown): void {
+  setStatus(isCancellation(err) ? 'cancelled' : 'failed');
+}
+
+export interface OperatorControls {
+  /** The step the workflow is on (the `step` query's answer). */
+  step: () => string;
+  /** Why the workflow cannot be cancelled at this step, or undefined when it can. */
+  refuseCancel?: (step: string) => string | undefined;
+  /** What cancelling means when it is not cancelling the whole run (the entity cancels its running child). */
+  cancel?: (request: CancelRequest) => void;
+}
+
+/** A refuseCancel for workflows whose listed steps come after their commit: nothing is left to undo there. */
+export function refuseCancelAt(steps: readonly string[], committed: string): (step: string) => string | undefined {
+  return (step) =>
+    steps.includes(step) ? `too late to cancel at step ${step}: ${committed}` : step === 'failed' ? 'it has already failed and is undoing its steps' : undefined;
+}
+
+/**
+ * The `step` query and the `cancel` update. An accepted cancel cancels the workflow's scope, so its
+ * own undo steps run exactly as for `temporal workflow cancel`; a refused one leaves it untouched and
+ * answers why. Call it where the workflow body starts, in the scope to be cancelled.
+ */
+export function operatorControls(controls: OperatorControls): void {
+  const scope = CancellationScope.current();
+  setHandler(stepQuery, controls.step);
+  setHandler(
+    cancelUpdate,
+    (request) => {
+      const step = controls.step();
+      log.info('cancel requested by an operator', { step, reason: request?.reason ?? '' });
+      if (controls.cancel) controls.cancel(request ?? {});
+      else scope.cancel();
+      return { step };
+    },
+    {
+      validator: (request) => {
+        if (request !== undefined && (typeof request !== 'object' || request === null || (request.reason !== undefined && typeof request.reason !== 'string'))) {
+          throw new Error('cancel takes {"reason"?: string}');
+        }
+        const refused = controls.refuseCancel?.(controls.step());
+        if (refused) throw new Error(refused);
+      },
+    },
+  );
 }
 
 export function errorMessage(err: unknown): string {

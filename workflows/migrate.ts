@@ -17,11 +17,10 @@ import { MigrationReasons, type MigrateRuntimeInput, type MigrateRuntimeResult }
 import { reservationClaimedSignal } from './contracts/reservations.js';
 import { ErrorType, permanentErrorTypes } from './contracts/errors.js';
 import { hostIdPattern } from './contracts/hosts.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import type { RuntimePlacement } from './contracts/user-environment.js';
 import { userIdPattern } from './contracts/users.js';
-import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, requireEntityParent, setEndStatus, setStatus, tagOperation } from './lifecycle.js';
 import { heartbeatingWait, hostCommand, quick } from './options.js';
 import { provisionHost } from './provision-host.js';
 
@@ -85,7 +84,15 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
   requireEntityParent(input.userId, 'migrateRuntime', 'migrate');
   let step = 'begin';
   let escalated = input.reason === 'critical';
-  setHandler(stepQuery, () => step);
+  operatorControls({
+    step: () => step,
+    refuseCancel: (at) =>
+      at === 'cleanup' || at === 'done'
+        ? `too late to cancel: the runtime already runs on the target (step ${at}); the migration is only removing the source`
+        : at === 'failed'
+          ? 'the migration has already failed and is undoing its steps'
+          : undefined,
+  });
   setHandler(escalateSignal, () => {
     escalated = true;
   });
@@ -180,24 +187,29 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
       undo.push({ name: 'point the editor back at the source', run: () => waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: source }) });
       await waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: placed });
     }
-    const timings = await db.completeMigration({
+    // The commit and what follows it are never cancelled: a cancel arriving while completeMigration runs
+    // would otherwise undo a move PostgreSQL has already recorded.
+    const timings = await CancellationScope.nonCancellable(() => db.completeMigration({
       migrationId,
       runtimeId: source.runtimeId,
       targetHostId: target.hostId,
       port: prepared.port,
       address: prepared.address,
-      tier: plan.to.name,
+      tier: targetTier.name,
       memoryLimitBytes: moved.memoryLimitBytes,
-      cpuLimit: plan.to.cpus,
+      cpuLimit: targetTier.cpus,
       checkpointStartedAt: moved.startedAt,
       timings: { checkpointMs: moved.checkpointMs, transferMs: moved.transferMs, restoreMs: moved.restoreMs, frozenMs: moved.frozenMs, archiveBytes: moved.archiveBytes, archiveSha256: moved.sha256 },
-    });
+    }));
     // Committed: the user runs on the target. Nothing below may undo that.
     undo.length = 0;
 
     step = 'cleanup';
-    await cleanup.removeSourceRuntime({ migrationId, userId: input.userId, runtimeId: source.runtimeId, sourceHostId: source.hostId, targetHostId: target.hostId, containerName: source.containerName, port: source.port, timings: { ...timings } });
-    if (plan.sourceKind === 'ec2') await cleanup.terminateHost({ hostId: source.hostId, reason: `runtime moved to ${target.hostId}` });
+    const sourceKind = plan.sourceKind;
+    await CancellationScope.nonCancellable(async () => {
+      await cleanup.removeSourceRuntime({ migrationId, userId: input.userId, runtimeId: source.runtimeId, sourceHostId: source.hostId, targetHostId: target.hostId, containerName: source.containerName, port: source.port, timings: { ...timings } });
+      if (sourceKind === 'ec2') await cleanup.terminateHost({ hostId: source.hostId, reason: `runtime moved to ${target.hostId}` });
+    });
     step = 'done';
     setStatus('completed');
     return {
@@ -231,7 +243,7 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
         }
       }
     });
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }

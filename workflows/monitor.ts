@@ -1,9 +1,8 @@
 import { ApplicationFailure, CancellationScope, condition, continueAsNew, isCancellation, log, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { ErrorType } from './contracts/errors.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation } from './contracts/operations.js';
-import { errorMessage, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, tagOperation } from './lifecycle.js';
 import { quick } from './options.js';
 
 const db = proxyActivities<Activities>(quick);
@@ -49,7 +48,7 @@ export async function resourceMonitor(input: ResourceMonitorInput = {}): Promise
   const rescanMs = given.rescanMs ?? 30_000;
   tagOperation({ operation: Operation.monitor });
   const watching = new Map<string, CancellationScope>();
-  setHandler(stepQuery, () => `watching ${[...watching.keys()].join(', ') || 'no host'}`);
+  operatorControls({ step: () => `watching ${[...watching.keys()].join(', ') || 'no host'}` });
   const watcher = proxyActivities<Activities>({
     startToCloseTimeout: watchForMs + 120_000,
     heartbeatTimeout: Math.max(15_000, intervalMs * 5),

@@ -3,11 +3,10 @@ import type { Activities } from '../activities/index.js';
 import type { PreProvisionInput, PreProvisionResult, ProvisionedHost, ProvisionHostInput } from './contracts/elastic.js';
 import { ErrorType, permanentErrorTypes } from './contracts/errors.js';
 import { hostIdPattern, type HostConnection } from './contracts/hosts.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import { reservationClaimedSignal, type ReservationClaimed } from './contracts/reservations.js';
 import { userIdPattern } from './contracts/users.js';
-import { errorMessage, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, setEndStatus, setStatus, tagOperation } from './lifecycle.js';
 import { quick } from './options.js';
 import { registerHost } from './register-host.js';
 
@@ -64,7 +63,7 @@ export async function provisionHost(input: ProvisionHostInput): Promise<Provisio
   const problems = validateProvisionHostInput(input);
   if (problems.length > 0) invalid('provisionHost', problems);
   let step = 'launch';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   tagOperation({ operation: Operation.provisionHost, userId: input.userId, targetHost: input.hostId, instanceType: input.instanceType });
   const { workflowId } = workflowInfo();
   const gpu = input.gpu ?? false;
@@ -128,7 +127,7 @@ export async function provisionHost(input: ProvisionHostInput): Promise<Provisio
         log.warn('cleaning up a failed provision failed; the reaper will terminate the instance', { error: errorMessage(compensationError) });
       }
     });
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -152,7 +151,7 @@ export async function preProvisionHost(input: PreProvisionInput): Promise<PrePro
   const problems = validatePreProvisionInput(input);
   if (problems.length > 0) invalid('preProvisionHost', problems);
   let step = 'plan';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   // The host id comes from the workflow's deterministic uuid4: a replay, and a retried launch, use the same one.
   const hostId = `ec2-${uuid4().replace(/-/g, '').slice(0, 12)}`;
   let claimed: ReservationClaimed | undefined;
@@ -214,7 +213,7 @@ export async function preProvisionHost(input: PreProvisionInput): Promise<PrePro
         }
       });
     }
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }

@@ -2,9 +2,8 @@ import { ApplicationFailure, proxyActivities, setHandler } from '@temporalio/wor
 import type { Activities } from '../activities/index.js';
 import type { ReapInstancesInput, ReapInstancesResult } from './contracts/elastic.js';
 import { ErrorType } from './contracts/errors.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation } from './contracts/operations.js';
-import { setStatus, tagOperation } from './lifecycle.js';
+import { operatorControls, setEndStatus, setStatus, tagOperation } from './lifecycle.js';
 import { quick } from './options.js';
 
 const db = proxyActivities<Activities>(quick);
@@ -32,7 +31,7 @@ export async function reapInstances(input: ReapInstancesInput = {}): Promise<Rea
     throw ApplicationFailure.create({ type: ErrorType.InvalidInput, message: `invalid reapInstances input: ${problems.join('; ')}`, nonRetryable: true });
   }
   let step = 'plan';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   tagOperation({ operation: Operation.reaper });
   try {
     const plan = await db.planReap(given.graceSeconds !== undefined ? { graceSeconds: given.graceSeconds } : {});
@@ -56,7 +55,7 @@ export async function reapInstances(input: ReapInstancesInput = {}): Promise<Rea
     return { examined: plan.examined, terminated, kept: plan.examined - terminated.length, rowsClosed };
   } catch (err) {
     step = 'failed';
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }

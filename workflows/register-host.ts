@@ -2,9 +2,8 @@ import { ApplicationFailure, CancellationScope, log, proxyActivities, setHandler
 import type { Activities } from '../activities/index.js';
 import { ErrorType } from './contracts/errors.js';
 import { hostIdPattern, HostKinds, type RegisterHostInput, type RegisterHostResult } from './contracts/hosts.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation } from './contracts/operations.js';
-import { errorMessage, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, setEndStatus, setStatus, tagOperation } from './lifecycle.js';
 import { hostCommand, quick } from './options.js';
 
 const db = proxyActivities<Activities>(quick);
@@ -34,7 +33,7 @@ export async function registerHost(input: RegisterHostInput): Promise<RegisterHo
     throw ApplicationFailure.create({ type: ErrorType.InvalidInput, message: `invalid registerHost input: ${problems.join('; ')}`, nonRetryable: true });
   }
   let step = 'record';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   tagOperation({ operation: Operation.registerHost, targetHost: input.hostId, ...(input.instanceType ? { instanceType: input.instanceType } : {}) });
   const { workflowId } = workflowInfo();
   try {
@@ -58,7 +57,7 @@ export async function registerHost(input: RegisterHostInput): Promise<RegisterHo
         log.warn('recording the failure failed', { error: errorMessage(compensationError) });
       }
     });
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }

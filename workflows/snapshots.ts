@@ -1,7 +1,6 @@
 import { ApplicationFailure, CancellationScope, log, proxyActivities, setHandler, uuid4, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { ErrorType, permanentErrorTypes } from './contracts/errors.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import {
   sandboxTtl,
@@ -24,7 +23,7 @@ import {
   type SnapshotRuntimeResult,
 } from './contracts/snapshots.js';
 import type { SandboxResult, SnapshotPlan } from '../activities/snapshots.js';
-import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, refuseCancelAt, requireEntityParent, setEndStatus, setStatus, tagOperation } from './lifecycle.js';
 import { acquireHost, checkpointWhenIdle } from './migrate.js';
 import { heartbeatingWait, hostCommand, quick } from './options.js';
 
@@ -64,9 +63,9 @@ async function runUndo(undo: { name: string; run: () => Promise<unknown> }[]): P
 }
 
 /** Tracks a workflow's step for the `step` query and the Web UI's status. */
-function stepper(): { set(s: string): void; get(): string } {
+function stepper(refuseCancel?: (step: string) => string | undefined): { set(s: string): void; get(): string } {
   let step = 'begin';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step, ...(refuseCancel ? { refuseCancel } : {}) });
   return { set: (s) => void (step = s), get: () => step };
 }
 
@@ -109,7 +108,7 @@ async function restoreArchive(input: Parameters<Activities['restoreSnapshotOnHos
 export async function idleCheckpoint(input: IdleCheckpointInput): Promise<IdleCheckpointResult> {
   invalid('idleCheckpoint', validateIdleCheckpointInput(input));
   requireEntityParent(input.userId, 'idleCheckpoint', 'idle');
-  const step = stepper();
+  const step = stepper(refuseCancelAt(['commit', 'terminate-host', 'done'], 'the runtime is checkpointed and its container gone'));
   tagOperation({ operation: Operation.idle, userId: input.userId });
   const snapshotId = uuid4();
   const undo: { name: string; run: () => Promise<unknown> }[] = [];
@@ -123,13 +122,14 @@ export async function idleCheckpoint(input: IdleCheckpointInput): Promise<IdleCh
     const { archive, uploaded } = await archiveRuntime(plan, step, { pauseAfter: true });
 
     step.set('commit');
-    const committed = await db.commitIdle({ userId: input.userId, runtimeId: plan.runtime.runtimeId, snapshotId, hostId: plan.runtime.hostId, containerName: plan.runtime.containerName, port: plan.runtime.port });
+    // Never cancelled from here: a cancel during the commit would undo what PostgreSQL has recorded.
+    const committed = await CancellationScope.nonCancellable(() => db.commitIdle({ userId: input.userId, runtimeId: plan.runtime.runtimeId, snapshotId, hostId: plan.runtime.hostId, containerName: plan.runtime.containerName, port: plan.runtime.port }));
     undo.length = 0;
 
     let terminatedHostId: string | null = null;
     if (plan.hostKind === 'ec2') {
       step.set('terminate-host');
-      await cleanup.terminateHost({ hostId: plan.runtime.hostId, reason: `runtime of user ${input.userId} checkpointed (idle)` });
+      await CancellationScope.nonCancellable(() => cleanup.terminateHost({ hostId: plan.runtime.hostId, reason: `runtime of user ${input.userId} checkpointed (idle)` }));
       terminatedHostId = plan.runtime.hostId;
     }
     step.set('done');
@@ -155,7 +155,7 @@ export async function idleCheckpoint(input: IdleCheckpointInput): Promise<IdleCh
       const id = runtimeId;
       await CancellationScope.nonCancellable(() => db.failIdle({ runtimeId: id, snapshotId, error: `${failedAt}: ${errorMessage(err)}` })).catch((e: unknown) => log.warn('recording the failed idle checkpoint failed', { error: errorMessage(e) }));
     }
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -170,7 +170,7 @@ export async function returnRuntime(input: ReturnRuntimeInput): Promise<ReturnRu
   invalid('returnRuntime', validateUserOnlyInput(input));
   const parent = workflowInfo().parent?.workflowId;
   if (parent !== workflowIds.login(input.userId)) requireEntityParent(input.userId, 'returnRuntime', 'login');
-  const step = stepper();
+  const step = stepper(refuseCancelAt(['commit', 'cleanup', 'done'], 'the runtime runs again; only its idle archive is being deleted'));
   tagOperation({ operation: Operation.returnRuntime, userId: input.userId });
   const started = Date.now();
   const undo: { name: string; run: () => Promise<unknown> }[] = [];
@@ -213,7 +213,7 @@ export async function returnRuntime(input: ReturnRuntimeInput): Promise<ReturnRu
 
     step.set('commit');
     const totalMs = Date.now() - started;
-    await db.commitReturn({
+    await CancellationScope.nonCancellable(() => db.commitReturn({
       userId: input.userId,
       runtimeId: plan.runtimeId,
       snapshotId,
@@ -225,12 +225,12 @@ export async function returnRuntime(input: ReturnRuntimeInput): Promise<ReturnRu
       memoryLimitBytes: restored.memoryLimitBytes,
       cpuLimit: plan.to.cpus,
       timings: { stageMs: restored.stageMs, restoreMs: restored.restoreMs, totalMs, archiveFrom: restored.from },
-    });
+    }));
     undo.length = 0;
 
     step.set('cleanup');
     // The idle archive is done with: the runtime has moved on from it.
-    await cleanup.deleteSnapshot({ userId: input.userId, snapshotId, force: true });
+    await CancellationScope.nonCancellable(() => cleanup.deleteSnapshot({ userId: input.userId, snapshotId, force: true }));
     step.set('done');
     setStatus('completed');
     return { userId: input.userId, runtimeId: plan.runtimeId, restored: true, snapshotId, hostId: target.hostId, tier: plan.to.name, archiveFrom: restored.from, stageMs: restored.stageMs, restoreMs: restored.restoreMs, totalMs };
@@ -241,7 +241,7 @@ export async function returnRuntime(input: ReturnRuntimeInput): Promise<ReturnRu
       const id = runtimeId;
       await CancellationScope.nonCancellable(() => db.failReturn({ runtimeId: id })).catch(() => undefined);
     }
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -268,7 +268,7 @@ export async function snapshotRuntime(input: SnapshotRuntimeInput): Promise<Snap
     const failedAt = step.get();
     step.set('failed');
     if (begun) await CancellationScope.nonCancellable(() => db.failSnapshot({ snapshotId, error: `${failedAt}: ${errorMessage(err)}` })).catch(() => undefined);
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -281,7 +281,7 @@ export async function snapshotRuntime(input: SnapshotRuntimeInput): Promise<Snap
 export async function restoreSnapshot(input: RestoreSnapshotInput): Promise<RestoreSnapshotResult> {
   invalid('restoreSnapshot', validateRestoreSnapshotInput(input));
   requireEntityParent(input.userId, 'restoreSnapshot', 'restoreSnapshot');
-  const step = stepper();
+  const step = stepper(refuseCancelAt(['done'], 'the snapshot runs'));
   tagOperation({ operation: Operation.restoreSnapshot, userId: input.userId });
   const restoreId = uuid4();
   const undo: { name: string; run: () => Promise<unknown> }[] = [];
@@ -305,7 +305,7 @@ export async function restoreSnapshot(input: RestoreSnapshotInput): Promise<Rest
       undo.push({ name: 'point the editor back', run: () => waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime }) });
       await waiting.readyEditor({ editorId: editor.editorId, userId: input.userId, address: editor.address, port: editor.port, runtime: placed });
     }
-    await db.commitRestore({
+    await CancellationScope.nonCancellable(() => db.commitRestore({
       userId: input.userId,
       runtimeId: runtime.runtimeId,
       snapshotId: plan.snapshotId,
@@ -317,7 +317,7 @@ export async function restoreSnapshot(input: RestoreSnapshotInput): Promise<Rest
       tier: runtime.tier,
       memoryLimitBytes: restored.memoryLimitBytes,
       cpuLimit: runtime.cpuLimit,
-    });
+    }));
     undo.length = 0;
     step.set('done');
     setStatus('completed');
@@ -325,7 +325,7 @@ export async function restoreSnapshot(input: RestoreSnapshotInput): Promise<Rest
   } catch (err) {
     step.set('failed');
     await runUndo(undo);
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -354,7 +354,7 @@ export async function forkSandbox(input: ForkSandboxInput): Promise<SandboxResul
   } catch (err) {
     step.set('failed');
     if (planned) await CancellationScope.nonCancellable(() => cleanup.destroySandbox({ sandboxId, reason: `fork failed: ${errorMessage(err)}` })).catch(() => undefined);
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -384,7 +384,7 @@ export async function deleteSnapshot(input: DeleteSnapshotInput): Promise<{ snap
     return { snapshotId: input.snapshotId, ...r };
   } catch (err) {
     step.set('failed');
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }

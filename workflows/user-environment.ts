@@ -1,7 +1,6 @@
 import { ApplicationFailure, CancellationScope, executeChild, log, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { ErrorType } from './contracts/errors.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import { SearchAttr } from './contracts/search-attributes.js';
 import type {
@@ -15,7 +14,7 @@ import type {
   StopRuntimeResult,
 } from './contracts/user-environment.js';
 import { Plans, userIdPattern } from './contracts/users.js';
-import { errorMessage, requireEntityParent, setStatus, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, requireEntityParent, setEndStatus, setStatus, tagOperation } from './lifecycle.js';
 import { hostCommand, quick } from './options.js';
 import { returnRuntime } from './snapshots.js';
 
@@ -58,7 +57,7 @@ export async function login(input: LoginInput): Promise<LoginResult> {
   if (problems.length > 0) invalid('login', problems);
   requireEntityParent(input.userId, 'login', 'login');
   let step = 'plan';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   tagOperation({ operation: Operation.login, userId: input.userId });
   const { workflowId } = workflowInfo();
   let runtime: RuntimePlacement | undefined;
@@ -131,7 +130,7 @@ export async function login(input: LoginInput): Promise<LoginResult> {
         log.warn('compensating a failed login failed', { error: errorMessage(compensationError) });
       }
     });
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -142,7 +141,7 @@ export async function stopRuntime(input: StopRuntimeInput): Promise<StopRuntimeR
   if (problems.length > 0) invalid('stopRuntime', problems);
   requireEntityParent(input.userId, 'stopRuntime', 'stopRuntime');
   let step = 'remove';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   tagOperation({ operation: Operation.stopRuntime, userId: input.userId });
   try {
     const removed = await onHost.removeRuntime({ userId: input.userId });
@@ -151,7 +150,7 @@ export async function stopRuntime(input: StopRuntimeInput): Promise<StopRuntimeR
     return { userId: input.userId, ...removed };
   } catch (err) {
     step = 'failed';
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }
@@ -161,6 +160,7 @@ export async function runtimeStats(input: { userId: string }): Promise<RuntimeSt
   const problems = userIdProblems(input);
   if (problems.length > 0) invalid('runtimeStats', problems);
   tagOperation({ operation: Operation.runtimeStats, userId: input.userId });
+  operatorControls({ step: () => 'read' });
   const stats = await statsReader.readRuntimeStats({ userId: input.userId });
   setStatus('completed');
   return stats;
@@ -173,7 +173,7 @@ export async function importProject(input: ImportProjectInput): Promise<ImportPr
   if (input?.timeoutMs !== undefined && (!Number.isInteger(input.timeoutMs) || input.timeoutMs < 1000 || input.timeoutMs > 600_000)) problems.push('timeoutMs: expected 1000 to 600000');
   if (problems.length > 0) invalid('importProject', problems);
   let step = 'plan';
-  setHandler(stepQuery, () => step);
+  operatorControls({ step: () => step });
   tagOperation({ operation: Operation.importProject, userId: input.userId });
   try {
     const plan = await db.planLogin({ userId: input.userId });
@@ -184,7 +184,7 @@ export async function importProject(input: ImportProjectInput): Promise<ImportPr
     return result;
   } catch (err) {
     step = 'failed';
-    setStatus('failed');
+    setEndStatus(err);
     throw err;
   }
 }

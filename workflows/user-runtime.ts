@@ -19,7 +19,6 @@ import type { Activities } from '../activities/index.js';
 import { validateDeleteAccountInput, type DeleteAccountInput } from './contracts/accounts.js';
 import type { MigrateRuntimeInput, MigrateRuntimeResult } from './contracts/elastic.js';
 import { ErrorType } from './contracts/errors.js';
-import { stepQuery } from './contracts/messages.js';
 import { Operation, workflowIds } from './contracts/operations.js';
 import {
   codeHintSignal,
@@ -62,7 +61,7 @@ import {
   type SnapshotRuntimeInput,
 } from './contracts/snapshots.js';
 import { userIdPattern } from './contracts/users.js';
-import { errorMessage, tagOperation } from './lifecycle.js';
+import { errorMessage, operatorControls, tagOperation } from './lifecycle.js';
 import * as gpuPolicy from './gpu-policy.js';
 import { escalateSignal, migrationOperation, validateMigrateInput } from './migrate.js';
 import { quick } from './options.js';
@@ -171,7 +170,16 @@ export async function userRuntime(input: UserRuntimeInput): Promise<void> {
   const beingDeleted = () => `the account of user ${userId} is being deleted`;
 
   tagOperation({ operation: Operation.runtime, userId });
-  setHandler(stepQuery, () => (running ? `running ${running.kind} (${running.started.workflowId})` : queue.length > 0 ? `starting ${queue[0]!.kind}` : 'idle'));
+  const step = () => (running ? `running ${running.kind} (${running.started.workflowId})` : queue.length > 0 ? `starting ${queue[0]!.kind}` : 'idle');
+  // The entity outlives its operations: cancelling it means cancelling the operation it runs now, whose
+  // own undo steps then run (queued operations stay queued).
+  operatorControls({
+    step,
+    refuseCancel: () => (running ? undefined : `nothing to cancel: the entity of user ${userId} runs no operation (${step()})`),
+    cancel: () => {
+      if (running) void getExternalWorkflowHandle(running.started.workflowId, running.started.runId).cancel().catch(() => undefined);
+    },
+  });
   setHandler(entityStateQuery, () => ({
     userId,
     running: running ? { operation: running.kind, workflowId: running.started.workflowId, runId: running.started.runId } : null,
