@@ -126,7 +126,8 @@ function sshdConfig(h: { address: string; dir: string; authorizedKeys: string; e
   ].join('\n');
 }
 
-async function tcpOpen(address: string, port: number): Promise<void> {
+/** Resolves once something accepts TCP connections at address:port. */
+export async function tcpOpen(address: string, port: number): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     const s = connect({ host: address, port, timeout: 500 });
     s.once('connect', () => {
@@ -162,6 +163,25 @@ export interface NamespaceHostOptions {
   pathPrefix?: string[];
 }
 
+/**
+ * A host's network namespace: `netns` with eth0 at `address` on a veth into the run's bridge (link names
+ * mkt<runId>h<index> / n<index>), lo up, the bridge as default route. The veth goes with the namespace.
+ */
+export async function addHostNetns(net: TestNetwork, index: number, netns: string, address: string): Promise<void> {
+  const vethHost = `${net.bridge}h${index}`;
+  const vethPeer = `${net.bridge}n${index}`;
+  const inNs = (argv: string[]) => run(['nsenter', `--net=/var/run/netns/${netns}`, ...argv]);
+  await run(['ip', 'netns', 'add', netns]);
+  await run(['ip', 'link', 'add', vethHost, 'type', 'veth', 'peer', 'name', vethPeer]);
+  await run(['ip', 'link', 'set', vethPeer, 'netns', netns]);
+  await run(['ip', 'link', 'set', vethHost, 'master', net.bridge, 'up']);
+  await inNs(['ip', 'link', 'set', 'lo', 'up']);
+  await inNs(['ip', 'link', 'set', vethPeer, 'name', 'eth0']);
+  await inNs(['ip', 'addr', 'add', `${address}/24`, 'dev', 'eth0']);
+  await inNs(['ip', 'link', 'set', 'eth0', 'up']);
+  await inNs(['ip', 'route', 'add', 'default', 'via', net.gateway]);
+}
+
 export async function createNamespaceHost(opts: NamespaceHostOptions): Promise<NamespaceHostInfo> {
   const { net, index } = opts;
   const hostId = opts.hostId ?? `nh-${net.runId}-${index}`;
@@ -187,18 +207,8 @@ export async function createNamespaceHost(opts: NamespaceHostOptions): Promise<N
     sshdPidFile: join(dir, 'ssh', 'sshd.pid'),
   };
   const vethHost = `${net.bridge}h${index}`;
-  const vethPeer = `${net.bridge}n${index}`;
-  const inNs = (argv: string[]) => run(['nsenter', `--net=/var/run/netns/${netns}`, ...argv]);
-  await run(['ip', 'netns', 'add', netns]);
   try {
-    await run(['ip', 'link', 'add', vethHost, 'type', 'veth', 'peer', 'name', vethPeer]);
-    await run(['ip', 'link', 'set', vethPeer, 'netns', netns]);
-    await run(['ip', 'link', 'set', vethHost, 'master', net.bridge, 'up']);
-    await inNs(['ip', 'link', 'set', 'lo', 'up']);
-    await inNs(['ip', 'link', 'set', vethPeer, 'name', 'eth0']);
-    await inNs(['ip', 'addr', 'add', `${address}/24`, 'dev', 'eth0']);
-    await inNs(['ip', 'link', 'set', 'eth0', 'up']);
-    await inNs(['ip', 'route', 'add', 'default', 'via', net.gateway]);
+    await addHostNetns(net, index, netns, address);
 
     if (opts.hostKeyPrivate) {
       // sshd ignores a private host key that others can read.
