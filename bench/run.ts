@@ -6,7 +6,7 @@ import { repoRoot } from '../lib/paths.js';
  * Runs every benchmark, one after the other (each starts the real parts it measures and prints its ratio
  * against a baseline measured in the same run). `npm run bench [NAME...]` runs just those.
  */
-const all = ['proxy-core', 'proxy', 'login', 'transfer', 'ssh2-cipher', 'migrate', 'idle-return', 'monitor', 'publish'];
+const all = ['proxy-core', 'proxy', 'proxy-peers', 'login', 'transfer', 'ssh2-cipher', 'migrate', 'idle-return', 'monitor', 'publish'];
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : all;
 let failed = 0;
 for (const name of chosen) {
