@@ -22,17 +22,18 @@ for arg in "$@"; do
   case "$arg" in
     --online) mode=online ;;
     --force) force=1 ;;
-    base|node-base|runtime|runtime-gpu|editor-lite) images+=("$arg") ;;
-    *) echo "images/build.sh: unknown argument '$arg' (images: base node-base runtime runtime-gpu editor-lite; flags: --online --force)" >&2; exit 2 ;;
+    base|node-base|runtime|runtime-gpu|runtime-standin|editor-lite) images+=("$arg") ;;
+    *) echo "images/build.sh: unknown argument '$arg' (images: base node-base runtime runtime-gpu runtime-standin editor-lite; flags: --online --force)" >&2; exit 2 ;;
   esac
 done
-[ ${#images[@]} -gt 0 ] || images=(base node-base runtime runtime-gpu editor-lite)
+[ ${#images[@]} -gt 0 ] || images=(base node-base runtime runtime-gpu runtime-standin editor-lite)
 
 BASE_IMAGE=${MARKCO_BASE_IMAGE:-localhost/markco-base:bookworm}
 NODE_BASE_IMAGE=localhost/markco-node:20-bookworm
 RUNTIME_IMAGE=${MARKCO_RUNTIME_IMAGE:-localhost/markco-runtime:0.4.2}
 RUNTIME_GPU_IMAGE=${MARKCO_RUNTIME_GPU_IMAGE:-localhost/markco-runtime-gpu:0.4.2}
 EDITOR_LITE_IMAGE=${MARKCO_EDITOR_LITE_IMAGE:-localhost/markco-editor-lite:0.1}
+RUNTIME_STANDIN_IMAGE=${MARKCO_RUNTIME_STANDIN_IMAGE:-localhost/markco-runtime-standin:0.1}
 
 say() { echo "[images] $*" >&2; }
 
@@ -106,6 +107,11 @@ for image in "${images[@]}"; do
         podman image exists "$RUNTIME_IMAGE" || "$0" $([ "$mode" = online ] && echo --online) runtime
         build runtime-gpu "$RUNTIME_GPU_IMAGE" "$here/runtime-gpu/Containerfile" "$ctx" "$RUNTIME_IMAGE" always
       fi
+      ;;
+    runtime-standin)
+      ctx="$work/runtime-standin" && mkdir -p "$ctx"
+      cp "$here/runtime-standin/mrp-standin.py" "$ctx/"
+      build runtime-standin "$RUNTIME_STANDIN_IMAGE" "$here/runtime-standin/Containerfile" "$ctx" "$BASE_IMAGE"
       ;;
     editor-lite)
       ctx="$work/editor-lite" && mkdir -p "$ctx"
