@@ -6,7 +6,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Transform } from 'node:stream';
 import { reachableAddressOf, type HostRecord } from '../lib/store.js';
 import { defaultTierLadder, gpuTierFor, nextTier, smallestTierFor, tierNamed, type Tier } from '../lib/tiers.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
@@ -492,8 +492,17 @@ export function createMigrationActivities(deps: ActivityDeps) {
         let copied = 0;
         const copy = async (from: HostShell, to: HostShell) => {
           const reader = await from.openReader(tarOut, { timeoutMs: 600_000 });
-          reader.stdout.on('data', (c: Buffer) => (copied += c.length));
-          await Promise.all([reader.done, to.run(tarIn, { stdin: reader.stdout, timeoutMs: 600_000, okExitCodes: [0, 2] })]);
+          // Counted on the way through, not by a 'data' listener of its own: that would start the stream
+          // flowing before the target's channel is open, and the bytes read meanwhile would never arrive.
+          const counted = reader.stdout.pipe(
+            new Transform({
+              transform(c: Buffer, _enc, done) {
+                copied += c.length;
+                done(null, c);
+              },
+            }),
+          );
+          await Promise.all([reader.done, to.run(tarIn, { stdin: counted, timeoutMs: 600_000, okExitCodes: [0, 2] })]);
           heartbeat({ copied });
         };
         if (source.host.kind !== 'base') await copy(source.shell, (await shellForHost(deps, env.baseHostId)).shell);
