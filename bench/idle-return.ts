@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { request } from 'undici';
@@ -13,9 +14,10 @@ import { createOperations, type Operations } from '../lib/operations.js';
 import type { Tier } from '../lib/tiers.js';
 import type { IdleCheckpointResult } from '../workflows/contracts/snapshots.js';
 import { Plans, type Plan } from '../workflows/contracts/users.js';
-import { emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, type TestDatabase } from '../test/support/context.js';
+import { emulatorArchiveBucket, emulatorCredentials, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, type TestDatabase } from '../test/support/context.js';
 import { startHarness, type RunningHarness } from '../test/support/harness.js';
 import { hostEnvShell } from '../test/support/netns.js';
+import { report } from './results.js';
 import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
 
 /**
@@ -28,8 +30,12 @@ import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
  * - markco return: a login (what the user's visit starts) until it completes (the child `returnRuntime`
  *   restores the base server's archive, health-checks MRP, re-points the editor; then login checks the
  *   editor), with the return's own `restoreMs` and `totalMs` (plan to commit) from its event.
- * - raw idle: `podman container checkpoint --export F --compress none` then `podman rm`; raw return:
+ * - raw idle: `podman container checkpoint --export F --compress none` then `podman rm`; and the same
+ *   with what the idle operation also does, run back to back: `openssl dgst -sha256 F` and `aws s3 cp F`
+ *   to the same emulator bucket (AWS CLI defaults: 8 MiB parts, 10 threads). Raw return:
  *   `podman container restore --import F` under the same name and port, until MRP answers.
+ * - orchestration overhead (issue 10, goal <= 10%): markco idle against the raw idle with hash and
+ *   upload, and the return (returnRuntime, plan to commit) against the raw return.
  *
  * Goal (issue 5): return from a local archive within 1 s + 2 s per GiB.
  *
@@ -44,6 +50,10 @@ if (sizes.some((s) => !(Number.isInteger(s) && s >= 4 && s <= 4096)) || !Number.
   console.error(`usage: bench/idle-return.ts [SIZES_MIB, each 4..4096] [ROUNDS >= 1]; got ${sizes.join(',')} ${rounds}`);
   process.exit(2);
 }
+await run('sh', ['-c', 'command -v aws && command -v openssl']).catch(() => {
+  console.error('bench/idle-return needs the AWS CLI (aws) and openssl on this machine for its raw upload');
+  process.exit(1);
+});
 const largest = Math.max(...sizes) * MiB;
 const ceilingBytes = Math.ceil(largest / GiB + 1.5) * GiB;
 // One tier, the base server, big enough for the largest size: every return lands on this machine.
@@ -144,6 +154,8 @@ interface Round {
   mib: number;
   rawIdleMs: number;
   rawReturnMs: number;
+  /** Raw idle with the hash and the upload the idle operation also does: checkpoint, rm, sha256, aws s3 cp. */
+  rawIdleUploadMs: number;
   idleMs: number;
   checkpointMs: number;
   uploadMs: number;
@@ -165,6 +177,14 @@ async function oneRound(mib: number): Promise<Round> {
   await base.run(['podman', 'container', 'checkpoint', '--export', file, '--compress', 'none', rt.containerName], { timeoutMs: 600_000 });
   await base.run(['podman', 'rm', '--force', '--time', '0', rt.containerName]);
   const rawIdleMs = performance.now() - t;
+  const rawKey = `raw/${mib}-${Date.now()}.tar`;
+  await run('openssl', ['dgst', '-sha256', file], { timeout: 600_000 });
+  await run('aws', ['--endpoint-url', h!.state.moto.endpoint, 's3', 'cp', '--only-show-errors', '--sse', 'AES256', file, `s3://${archives!.bucket}/${rawKey}`], {
+    timeout: 600_000,
+    env: { ...process.env, AWS_ACCESS_KEY_ID: emulatorCredentials.accessKeyId, AWS_SECRET_ACCESS_KEY: emulatorCredentials.secretAccessKey, AWS_DEFAULT_REGION: 'ca-central-1' },
+  });
+  const rawIdleUploadMs = performance.now() - t;
+  await archives!.s3.send(new DeleteObjectCommand({ Bucket: archives!.bucket, Key: rawKey }));
   await run('sync');
   t = performance.now();
   await base.run(['podman', 'container', 'restore', '--import', file, '--name', rt.containerName, '--publish', `127.0.0.1:${rt.port}:8888`], { timeoutMs: 600_000 });
@@ -186,9 +206,9 @@ async function oneRound(mib: number): Promise<Round> {
   const returned = event.rows[0]!.payload as { totalMs: number; restoreMs: number; archiveFrom: string };
   if (returned.archiveFrom !== 'local') throw new Error(`the return used ${returned.archiveFrom}, not the local archive`);
   if ((await execute(checkCode)) !== expected) throw new Error('the return lost the ballast');
-  const r: Round = { mib, rawIdleMs, rawReturnMs, idleMs, checkpointMs: idle.checkpointMs, uploadMs: idle.uploadMs, archiveBytes: idle.archiveBytes, loginMs, returnTotalMs: returned.totalMs, returnRestoreMs: returned.restoreMs };
+  const r: Round = { mib, rawIdleMs, rawReturnMs, rawIdleUploadMs, idleMs, checkpointMs: idle.checkpointMs, uploadMs: idle.uploadMs, archiveBytes: idle.archiveBytes, loginMs, returnTotalMs: returned.totalMs, returnRestoreMs: returned.restoreMs };
   console.log(
-    `  ${String(mib).padStart(5)} MiB  raw idle ${ms(rawIdleMs)}, raw return ${ms(rawReturnMs)} | markco idle ${ms(idleMs)} (checkpoint ${ms(r.checkpointMs)}, upload ${ms(r.uploadMs)}), return ${ms(r.returnTotalMs)} (restore ${ms(r.returnRestoreMs)}), visit to editor ready ${ms(loginMs)}; archive ${(r.archiveBytes / MiB).toFixed(0)} MiB`,
+    `  ${String(mib).padStart(5)} MiB  raw idle ${ms(rawIdleMs)} (with sha256 and aws s3 cp ${ms(rawIdleUploadMs)}), raw return ${ms(rawReturnMs)} | markco idle ${ms(idleMs)} (checkpoint ${ms(r.checkpointMs)}, upload ${ms(r.uploadMs)}), return ${ms(r.returnTotalMs)} (restore ${ms(r.returnRestoreMs)}), visit to editor ready ${ms(loginMs)}; archive ${(r.archiveBytes / MiB).toFixed(0)} MiB`,
   );
   return r;
 }
@@ -223,6 +243,14 @@ try {
     const back = median(r.map((x) => x.returnTotalMs));
     console.log(`  return: markco ${summary(r.map((x) => x.returnTotalMs))} (restore ${summary(r.map((x) => x.returnRestoreMs))}); raw ${summary(r.map((x) => x.rawReturnMs))}; ratio ${(back / median(r.map((x) => x.rawReturnMs))).toFixed(2)}x`);
     console.log(`          goal 1 s + 2 s/GiB = ${ms(goalMs)}: ${back <= goalMs ? 'met' : 'missed'}; the visit until the editor is ready ${summary(r.map((x) => x.loginMs))}`);
+    const params = `${mib} MiB, ${r.length} round(s)`;
+    const overheadGoal = { on: 'overhead' as const, op: '<=' as const, value: 0.1, source: 'issue 10' };
+    const idle = report({ name: `idle checkpoint, ${mib} MiB`, metric: 'orchestration overhead', unit: 'ms', better: 'lower', samples: r.map((x) => x.idleMs), baseline: { name: 'checkpoint --export --compress none, rm, openssl dgst -sha256, aws s3 cp', samples: r.map((x) => x.rawIdleUploadMs) }, goal: overheadGoal, params });
+    const ret = report({ name: `return, ${mib} MiB (returnRuntime, plan to commit)`, metric: 'orchestration overhead', unit: 'ms', better: 'lower', samples: r.map((x) => x.returnTotalMs), baseline: { name: 'restore --import, until MRP answers', samples: r.map((x) => x.rawReturnMs) }, goal: overheadGoal, params });
+    report({ name: `return, ${mib} MiB, against issue 5's goal`, metric: 'wall time', unit: 'ms', better: 'lower', samples: r.map((x) => x.returnTotalMs), goal: { on: 'median', op: '<=', value: goalMs, source: 'issue 5: 1 s + 2 s/GiB' }, params });
+    report({ name: `visit until the editor is ready, ${mib} MiB (login, return included)`, metric: 'wall time', unit: 'ms', better: 'lower', samples: r.map((x) => x.loginMs), baseline: { name: 'restore --import, until MRP answers (no editor)', samples: r.map((x) => x.rawReturnMs) }, params });
+    const pct = (x: number | null) => (x === null ? '?' : `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)}%`);
+    console.log(`  orchestration overhead (markco/raw - 1, goal <= 10%): idle ${pct(idle.goal!.actual)} against ${summary(r.map((x) => x.rawIdleUploadMs))} raw with hash and upload; return ${pct(ret.goal!.actual)}`);
   }
   console.log(`load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 } finally {

@@ -7,6 +7,7 @@ import { containerUserFor, editorContainerSpec, planLimits, runtimeContainerSpec
 import { freePort } from '../test/support/harness.js';
 import { hostEnvShell } from '../test/support/netns.js';
 import { median, range, startEdgeBench } from './edge-setup.js';
+import { report } from './results.js';
 
 /**
  * Login to ready, through the edge as a browser does it: dev login, then the login operation until it has
@@ -101,6 +102,12 @@ try {
   console.log(`  warm  markco: ${fmt(warm)}   goal p50 <= 1500 ms`);
   console.log(`  warm  raw inspect + health polls: ${fmt(rawWarm)}`);
   console.log(`  warm  ratio raw/markco: ${(median(rawWarm) / median(warm)).toFixed(2)}x`);
+  const overheadGoal = { on: 'overhead' as const, op: '<=' as const, value: 0.1, source: 'issue 10' };
+  const cold10 = report({ name: 'cold login to ready (new user)', metric: 'orchestration overhead', unit: 'ms', better: 'lower', samples: cold, baseline: { name: 'podman run + MRP poll, podman run + /health poll, back to back', samples: rawCold }, goal: overheadGoal, params: `${users} users` });
+  const warm10 = report({ name: 'warm login to ready (containers running)', metric: 'orchestration overhead', unit: 'ms', better: 'lower', samples: warm, baseline: { name: 'podman inspect + MRP poll, podman inspect + /health poll, back to back', samples: rawWarm }, goal: overheadGoal, params: `${users} users x 3 rounds` });
+  report({ name: 'warm login to ready, p50', metric: 'wall time', unit: 'ms', better: 'lower', samples: warm, goal: { on: 'median', op: '<=', value: 1500 }, params: `${users} users x 3 rounds` });
+  const pct = (x: number | null) => (x === null ? '?' : `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)}%`);
+  console.log(`  orchestration overhead (markco/raw - 1, goal <= 10%): cold ${pct(cold10.goal!.actual)}, warm ${pct(warm10.goal!.actual)}`);
 } finally {
   await bench.close();
 }

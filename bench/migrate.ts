@@ -17,6 +17,7 @@ import { Plans, type Plan } from '../workflows/contracts/users.js';
 import { connectionTo, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testShells, type TestDatabase } from '../test/support/context.js';
 import { freePort, startHarness, type RunningHarness } from '../test/support/harness.js';
 import { hostEnvShell, machineImageStore, storageConf, type NamespaceHostInfo } from '../test/support/netns.js';
+import { report } from './results.js';
 import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
 
 /**
@@ -105,6 +106,8 @@ interface RawRun {
   frozenMs: number;
   archiveBytes: number;
   criuRestoreMs: number;
+  /** From the checkpoint's start until the restored copy's MRP answers (what the saga's wall includes: its health check). */
+  untilMrpMs: number;
 }
 
 // ---------------------------------------------------------------- the stack
@@ -314,15 +317,17 @@ async function raw(scenario: string, from: Place, to: Place, compress: 'zstd' | 
   const rs = await onPlace(to, ['podman', 'container', 'restore', '--print-stats', '--import', dst, '--name', name, '--publish', `${address}:${port}:8888`]);
   const t3 = performance.now();
   const cpuBusy = busyShare(cpu);
+  await mrpAnswers(address, port);
+  const t4 = performance.now();
 
   const cpStats = parseCheckpointStats(cp.stdout);
   const rsStats = parseRestoreStats(rs.stdout);
   const state = (await onPlace(to, ['podman', 'container', 'inspect', '--format', '{{.State.Status}}', name])).stdout.trim();
   if (state !== 'running') throw new Error(`the raw copy ${name} on ${placeName(to)} is ${state} after its restore`);
   const archiveBytes = Number((await run('stat', ['-c', '%s', dst])).stdout.trim());
-  const out: RawRun = { cpuBusy, scenario, compress, wallMs: t3 - t0, checkpointMs: t1 - t0, copyMs: t2 - t1, restoreMs: t3 - t2, frozenMs: cpStats.frozenMs, archiveBytes, criuRestoreMs: rsStats.restoreMs };
+  const out: RawRun = { cpuBusy, scenario, compress, wallMs: t3 - t0, checkpointMs: t1 - t0, copyMs: t2 - t1, restoreMs: t3 - t2, frozenMs: cpStats.frozenMs, archiveBytes, criuRestoreMs: rsStats.restoreMs, untilMrpMs: t4 - t0 };
   console.log(
-    `  raw    ${scenario.padEnd(14)} ${ms(out.wallMs).padStart(9)}  ${compress.padEnd(4)} checkpoint ${Math.round(out.checkpointMs)} copy ${Math.round(out.copyMs)} restore ${Math.round(out.restoreMs)} ms (CRIU frozen ${out.frozenMs}, restore ${out.criuRestoreMs} ms), archive ${(archiveBytes / 2 ** 20).toFixed(0)} MiB, CPU ${(cpuBusy * 100).toFixed(0)}% busy`,
+    `  raw    ${scenario.padEnd(14)} ${ms(out.wallMs).padStart(9)}  ${compress.padEnd(4)} checkpoint ${Math.round(out.checkpointMs)} copy ${Math.round(out.copyMs)} restore ${Math.round(out.restoreMs)} ms (CRIU frozen ${out.frozenMs}, restore ${out.criuRestoreMs} ms), MRP answers at ${Math.round(out.untilMrpMs)} ms, archive ${(archiveBytes / 2 ** 20).toFixed(0)} MiB, CPU ${(cpuBusy * 100).toFixed(0)}% busy`,
   );
   if (measureHashes) await hashEvidence(dst);
   // Untimed: the copy and both files go.
@@ -331,6 +336,22 @@ async function raw(scenario: string, from: Place, to: Place, compress: 'zstd' | 
   rmSync(src, { force: true });
   rmSync(dst, { force: true });
   return out;
+}
+
+/** Polls the restored copy's MRP until it answers (as the saga's health check does). */
+async function mrpAnswers(address: string, port: number, timeoutMs = 120_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const r = await request(`http://${address}:${port}/mrp/v1/capabilities`, { headers: { connection: 'close' }, headersTimeout: 2000 });
+      await r.body.text();
+      if (r.statusCode === 200) return;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > until) throw new Error(`the raw copy's MRP on ${address}:${port} did not answer within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** What hashing the received archive costs on this machine (the receiver runs sha256sum after writing). */
@@ -442,6 +463,18 @@ try {
       console.log(`    CRIU frozen ${summary(r.map((x) => x.frozenMs))}, CRIU restore ${summary(r.map((x) => x.criuRestoreMs))}, archive ${(median(r.map((x) => x.archiveBytes)) / 2 ** 20).toFixed(0)} MiB`);
       console.log(`  ratio markco/raw ${compress}: ${(wall / rw).toFixed(2)}x  (goal <= 0.7x); to commit ${(toCommit / rw).toFixed(2)}x`);
     }
+    const params = `${gibMoved.toFixed(2)} GiB, ${rounds} round(s)`;
+    const wallSamples = m.map((r) => r.wallMs);
+    const zstd = rawRuns.filter((x) => x.scenario === scenario && x.compress === 'zstd');
+    const none = rawRuns.filter((x) => x.scenario === scenario && x.compress === 'none');
+    if (zstd.length > 0) {
+      report({ name: `${scenario}: markco vs the seeds' pipeline`, metric: 'wall time', unit: 'ms', better: 'lower', samples: wallSamples, baseline: { name: 'checkpoint --export (zstd), scp, restore --import', samples: zstd.map((x) => x.wallMs) }, goal: { on: 'ratio', op: '<=', value: 0.7 }, params });
+    }
+    if (none.length > 0) {
+      const o = report({ name: `${scenario}: migration`, metric: 'orchestration overhead', unit: 'ms', better: 'lower', samples: wallSamples, baseline: { name: 'checkpoint --export --compress none, scp, restore --import, until MRP answers', samples: none.map((x) => x.untilMrpMs) }, goal: { on: 'overhead', op: '<=', value: 0.1, source: 'issue 10' }, params });
+      console.log(`  orchestration overhead against raw none until MRP answers (${summary(none.map((x) => x.untilMrpMs))}): ${o.goal!.actual === null ? '?' : `${(o.goal!.actual * 100).toFixed(1)}%`} (goal <= 10%)`);
+    }
+    report({ name: `${scenario}: seconds per GiB`, metric: 'wall time per GiB moved', unit: 's/GiB', better: 'lower', samples: wallSamples.map((x) => x / 1000 / gibMoved), goal: { on: 'median', op: '<=', value: 4 }, params });
   }
   for (const x of hashes) console.log(`hashing the received ${(x.bytes / 2 ** 20).toFixed(0)} MiB archive: ${x.tool} ${ms(x.ms)} (${((x.ms / 1000) * (GiB / x.bytes)).toFixed(1)} s/GiB)`);
   console.log(`load average at end ${loadAtEnd.map((l) => l.toFixed(2)).join(' ')}; bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);

@@ -17,6 +17,7 @@ import { createWorker, entitySignals } from '../workers/worker.js';
 import { connectionTo, emulatorEc2, freshDatabase, registerBaseHost, temporalClient, testCloud, testEnvironment, testShells, type TestDatabase } from '../test/support/context.js';
 import { startHarness, type RunningHarness } from '../test/support/harness.js';
 import { hostEnvShell, type NamespaceHostInfo } from '../test/support/netns.js';
+import { report } from './results.js';
 import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
 
 /**
@@ -651,6 +652,10 @@ try {
   const sampled = crossings.map((c) => c.sampledAt - c.crossedAt).filter((x) => !Number.isNaN(x));
   const afterSample = crossings.map((c) => c.startedAt - c.sampledAt).filter((x) => !Number.isNaN(x));
   console.log(`    of which crossing -> sample ${ms(median(sampled))} median (${ms(Math.max(...sampled))} max), sample -> workflow start ${ms(median(afterSample))} median (${ms(Math.max(...afterSample))} max)`);
+  const params = `${containers} containers, ${seconds} s windows, every ${intervalMs} ms`;
+  report({ name: 'resource monitor CPU, hosts + worker', metric: 'CPU over one window', unit: '% of a core', better: 'lower', samples: [markco.total], baseline: { name: 'podman stats --no-stream every 2 s on every host, JSON parsed', samples: [baseline.total] }, goal: { on: 'median', op: '<', value: 10, source: 'issue 6' }, params });
+  report({ name: 'resource monitor CPU, hosts only', metric: 'CPU over one window', unit: '% of a core', better: 'lower', samples: [markco.hostSide], baseline: { name: 'podman stats on every host', samples: [baseline.hostSide] }, params });
+  report({ name: 'memory crossing to workflow start', metric: 'latency', unit: 'ms', better: 'lower', samples: lat, goal: { on: 'max', op: '<', value: 3000, source: 'issue 6' }, params: `${cycles} cycles, 50% and 75%` });
   console.log(`load average at start ${loadAtStart.map((l) => l.toFixed(2)).join(' ')}, at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);
 } finally {
   if (!signalled.stopping) await cleanup();

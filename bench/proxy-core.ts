@@ -6,6 +6,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { createUpstreamAgent, forwardHttp } from '../api/proxy/forward.js';
+import { report } from './results.js';
 
 /**
  * Cost of the proxy core: the same load straight at an upstream and through `forwardHttp`, measured in the
@@ -109,9 +110,11 @@ async function main(): Promise<void> {
       // Each target's time is cut into slices taken in turn, so a burst of unrelated load on the machine
       // hits all of them alike instead of skewing whichever happened to be running.
       const totals = targets.map(() => ({ requests: 0, bytes: 0, elapsed: 0 }));
+      const slices = targets.map(() => [] as number[]);
       for (let round = 0; round < ROUNDS; round++) {
         for (const [i, [, port]] of targets.entries()) {
           const r = await load(port, s.path, s.concurrency, seconds / ROUNDS);
+          slices[i]!.push(s.rate(r));
           totals[i]!.requests += r.requests;
           totals[i]!.bytes += r.bytes;
           totals[i]!.elapsed += r.elapsed;
@@ -122,6 +125,9 @@ async function main(): Promise<void> {
       console.log(`  ${s.name}`);
       targets.forEach(([label], i) => console.log(`    ${label} ${rates[i]!.toFixed(0).padStart(8)} ${s.unit}`));
       console.log(`    ratio proxy/direct: ${(proxied / direct).toFixed(2)}   (bare pipe proxy/direct: ${(bareProxied / direct).toFixed(2)})`);
+      const params = `${seconds} s in ${ROUNDS} slices`;
+      report({ name: `${s.name}: forwardHttp vs direct`, metric: 'throughput', unit: s.unit, better: 'higher', samples: slices[1]!, baseline: { name: 'direct to the upstream', samples: slices[0]! }, params });
+      report({ name: `${s.name}: forwardHttp vs a bare pipe proxy`, metric: 'throughput', unit: s.unit, better: 'higher', samples: slices[1]!, baseline: { name: 'bare http.request + pipe proxy', samples: slices[2]! }, params });
     }
   } finally {
     for (const { child } of [upstream, proxy, bare]) child.kill();

@@ -9,6 +9,7 @@ import { waitFor } from '../infra/dev/processes.js';
 import { repoRoot } from '../lib/paths.js';
 import { freePort } from '../test/support/harness.js';
 import { median, range, startEdgeBench } from './edge-setup.js';
+import { report } from './results.js';
 
 /**
  * The edge's `/u/<id>/` proxy next to the proxies the field uses, in front of the same editor, in the same
@@ -153,9 +154,16 @@ try {
 
   const rps: Record<string, number[]> = { direct: [], edge: [], chp: [], caddy: [] };
   const ws: Record<string, number[]> = { direct: [], edge: [], chp: [], caddy: [] };
+  // Each run's p50 and p99, for the results' min-max.
+  const wsRuns: Record<string, { p50: number[]; p99: number[] }> = { direct: { p50: [], p99: [] }, edge: { p50: [], p99: [] }, chp: { p50: [], p99: [] }, caddy: { p50: [], p99: [] } };
   for (let round = 0; round < rounds; round++) {
     for (const [name, t] of Object.entries(targets)) rps[name]!.push(await requestsPerSecond(t.origin, t.path, t.headers));
-    for (const [name, t] of Object.entries(targets)) ws[name]!.push(...(await pingRoundTrips(t.ws, t.headers)));
+    for (const [name, t] of Object.entries(targets)) {
+      const times = await pingRoundTrips(t.ws, t.headers);
+      ws[name]!.push(...times);
+      wsRuns[name]!.p50.push(percentile(times, 50));
+      wsRuns[name]!.p99.push(percentile(times, 99));
+    }
   }
 
   console.log(`small GET /health, ${connections} keep-alive connections, ${seconds} s per run, medians of ${rounds} runs (min-max):`);
@@ -174,6 +182,18 @@ try {
     console.log(`  ${name.padEnd(6)} p50 ${p50.toFixed(3)} ms  p99 ${p99.toFixed(3)} ms${added}`);
   }
   console.log(`  edge added p99: ${(percentile(ws.edge!, 99) - d99).toFixed(3)} ms (goal < 1 ms)`);
+
+  const params = `${connections} connections, ${seconds} s, ${rounds} runs`;
+  const rpsRow = (name: string, baseline: string, base: string, goal?: number) =>
+    report({ name: `small GET /health: edge vs ${name}`, metric: 'throughput', unit: 'req/s', better: 'higher', samples: rps.edge!, baseline: { name: baseline, samples: rps[base]! }, ...(goal ? { goal: { on: 'ratio' as const, op: '>=' as const, value: goal, source: 'issue 10' } } : {}), params });
+  rpsRow('configurable-http-proxy', 'configurable-http-proxy 5.3 (npm)', 'chp', 3);
+  rpsRow('Caddy', 'Caddy reverse_proxy', 'caddy', 0.8);
+  rpsRow('direct', 'direct to the editor', 'direct');
+  const wsParams = `${pings} pings per run, ${rounds} runs; per-run percentiles`;
+  report({ name: 'WebSocket ping p99 through the edge, added over direct', metric: 'p99 round trip', unit: 'ms', better: 'lower', samples: wsRuns.edge!.p99, baseline: { name: 'direct to the editor', samples: wsRuns.direct!.p99 }, goal: { on: 'difference', op: '<', value: 1, source: 'issue 10' }, params: wsParams });
+  report({ name: 'WebSocket ping p50 through the edge', metric: 'p50 round trip', unit: 'ms', better: 'lower', samples: wsRuns.edge!.p50, baseline: { name: 'direct to the editor', samples: wsRuns.direct!.p50 }, params: wsParams });
+  report({ name: 'WebSocket ping p99: edge vs configurable-http-proxy', metric: 'p99 round trip', unit: 'ms', better: 'lower', samples: wsRuns.edge!.p99, baseline: { name: 'configurable-http-proxy', samples: wsRuns.chp!.p99 }, params: wsParams });
+  report({ name: 'WebSocket ping p99: edge vs Caddy', metric: 'p99 round trip', unit: 'ms', better: 'lower', samples: wsRuns.edge!.p99, baseline: { name: 'Caddy reverse_proxy', samples: wsRuns.caddy!.p99 }, params: wsParams });
 } finally {
   stopping = true;
   for (const c of children) c.kill('SIGTERM');

@@ -1,5 +1,6 @@
 import { Pool, request } from 'undici';
 import { median, startEdgeBench } from './edge-setup.js';
+import { report } from './results.js';
 
 /**
  * The edge's `/u/<id>/` proxy against a direct connection to the same editor, in the same run: small
@@ -86,6 +87,10 @@ try {
   line('small GET /health', 'req/s', small.direct, small.proxy);
   line('4 MiB MRP result', 'MiB/s', large.direct, large.proxy);
   line('small MRP execute round trip (body read for code hints)', 'ms', cell.direct, cell.proxy);
+  const params = `${connections} connections, ${seconds} s, 3 rounds`;
+  report({ name: 'small GET /health through the edge', metric: 'throughput', unit: 'req/s', better: 'higher', samples: small.proxy, baseline: { name: 'direct to the editor', samples: small.direct }, goal: { on: 'ratio', op: '>=', value: 0.8 }, params });
+  report({ name: '4 MiB MRP result through the edge', metric: 'throughput', unit: 'MiB/s', better: 'higher', samples: large.proxy, baseline: { name: 'direct to the editor', samples: large.direct }, goal: { on: 'ratio', op: '>=', value: 0.8 }, params: '5 per round, 3 rounds' });
+  report({ name: 'small MRP execute round trip through the edge (median of 100 per round)', metric: 'round trip', unit: 'ms', better: 'lower', samples: cell.proxy, baseline: { name: 'direct to the editor', samples: cell.direct }, params: '3 rounds' });
 } finally {
   await bench.close();
 }

@@ -11,6 +11,7 @@ import { startTestEdge, type RunningEdge } from '../test/support/edge.js';
 import { startHarness, type RunningHarness } from '../test/support/harness.js';
 import { writePublishFixture } from '../test/support/publish-fixture.js';
 import { median, range } from './edge-setup.js';
+import { report } from './results.js';
 import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
 
 /**
@@ -116,6 +117,10 @@ try {
   console.log(`published page (${body.length} bytes, cached) vs the same bytes from @fastify/static; ${connections} connections, ${seconds} s per run, medians of 3`);
   line('200', runs.page, runs.static);
   line('304 (If-None-Match)', runs.page304, runs.static304);
+  const params = `${connections} connections, ${seconds} s, 3 rounds`;
+  report({ name: 'published page, cached (200)', metric: 'throughput', unit: 'req/s', better: 'higher', samples: runs.page, baseline: { name: '@fastify/static, same bytes', samples: runs.static }, goal: { on: 'ratio', op: '>=', value: 0.8 }, params });
+  report({ name: 'published page revalidation (304)', metric: 'throughput', unit: 'req/s', better: 'higher', samples: runs.page304, baseline: { name: '@fastify/static, same bytes', samples: runs.static304 }, goal: { on: 'ratio', op: '>=', value: 0.8 }, params });
+  report({ name: 'first request of a page (rendered, not cached)', metric: 'latency', unit: 'ms', better: 'lower', samples: cold, params: `${cold.length} pages` });
   console.log(`  first request of a page (rendered, not cached; the first also scans the project): median ${median(cold).toFixed(1)} ms (${range(cold.map((ms) => Number(ms.toFixed(1))))}) over ${cold.length} pages`);
 } finally {
   await cleanup();

@@ -209,9 +209,20 @@ export interface GeneratedData {
   rows: Row[];
 }
 
+/** Six significant digits are plenty for a table row (the samples themselves are not kept). */
+const round6 = (x: number) => (Number.isFinite(x) ? Number(x.toPrecision(6)) : x);
+const roundStats = (s: Stats): Stats => ({ median: round6(s.median), min: round6(s.min), max: round6(s.max), n: s.n });
+
 export function toRow(r: BenchResult, runId: string): Row {
-  const { samples: _samples, baseline, ...rest } = r;
-  return { ...rest, ...(baseline ? { baseline: { name: baseline.name, stats: baseline.stats } } : {}), runId };
+  const { samples: _samples, baseline, ours, ratio, goal, ...rest } = r;
+  return {
+    ...rest,
+    ours: roundStats(ours),
+    ...(ratio !== undefined ? { ratio: round6(ratio) } : {}),
+    ...(goal ? { goal: { ...goal, actual: goal.actual === null ? null : round6(goal.actual) } } : {}),
+    ...(baseline ? { baseline: { name: baseline.name, stats: roundStats(baseline.stats) } } : {}),
+    runId,
+  };
 }
 
 /**

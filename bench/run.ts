@@ -43,7 +43,7 @@ function machine(): string {
 
 function commit(): string {
   const head = sh('git', ['rev-parse', '--short', 'HEAD']) || 'unknown';
-  const changed = sh('git', ['status', '--porcelain', '--', 'bench', 'activities', 'workflows', 'api', 'lib', 'workers']);
+  const changed = sh('git', ['status', '--porcelain', '--untracked-files=no', '--', 'bench', 'activities', 'workflows', 'api', 'lib', 'workers']);
   return changed ? `${head} + uncommitted changes` : head;
 }
 

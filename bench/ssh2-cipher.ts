@@ -6,6 +6,7 @@ import { Client, type Algorithms, type ClientChannel } from 'ssh2';
 import { shellJoin } from '../activities/host-shell.js';
 import { startHarness } from '../test/support/harness.js';
 import type { NamespaceHostInfo } from '../test/support/netns.js';
+import { report } from './results.js';
 
 /**
  * Does the cipher limit the ssh2 stream the migration uses (activities/transfer.ts relays through this
@@ -145,6 +146,18 @@ try {
       `  ${name.padEnd(48)} ${String(Math.round(ms)).padStart(6)} ms  ${((megabytes / ms) * 1000).toFixed(0).padStart(4)} MiB/s  ${(ms / megabytes * 1.024).toFixed(1)} s/GiB` +
         `${Number.isNaN(cpu) ? '' : `  node CPU ${Math.round(cpu)} ms (${((cpu / ms) * 100).toFixed(0)}% of a core)`}  negotiated ${xs[0]!.cipher}  runs ${xs.map((x) => Math.round(x.ms)).join(', ')}`,
     );
+  }
+  // Each ssh2 leg against OpenSSH doing the same with the same cipher choice.
+  const pairs: [string, string, string][] = [
+    ['read A -> this process, default', 'ssh2 read, default algorithms', 'OpenSSH ssh A cat, default'],
+    ['read A -> this process, aes128-gcm', 'ssh2 read, cipher aes128-gcm@openssh.com', 'OpenSSH ssh A cat, aes128-gcm@openssh.com'],
+    ['write this process -> B, default', 'ssh2 write node->B, default', 'OpenSSH ssh B cat < file, default'],
+    ['write this process -> B, aes128-gcm', 'ssh2 write node->B, aes128-gcm@openssh.com', 'OpenSSH ssh B cat < file, aes128-gcm@openssh.com'],
+    ['relay A -> B, default', 'ssh2 relay A->node->B, default', 'OpenSSH ssh A | ssh B, default'],
+    ['relay A -> B, aes128-gcm', 'ssh2 relay A->node->B, aes128-gcm@openssh.com', 'OpenSSH ssh A | ssh B, aes128-gcm@openssh.com'],
+  ];
+  for (const [name, ours, theirs] of pairs) {
+    report({ name: `${megabytes} MiB ${name}: ssh2`, metric: 'wall time', unit: 'ms', better: 'lower', samples: results.get(ours)!.map((x) => x.ms), baseline: { name: 'OpenSSH, same cipher choice', samples: results.get(theirs)!.map((x) => x.ms) }, params: `${rounds} rounds` });
   }
 } finally {
   for (const c of clients) c.end();

@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { streamFileBetweenHosts } from '../activities/transfer.js';
 import { startHarness } from '../test/support/harness.js';
 import { connectionTo, testShells } from '../test/support/context.js';
+import { report } from './results.js';
 
 /**
  * Checkpoint-sized transfer between two namespace hosts: our ssh2 stream (hashing on the way, verified
@@ -45,6 +46,7 @@ try {
   console.log(`  markco ssh2 stream (sha256 verified): ${mo} ms (${((megabytes / mo) * 1000).toFixed(0)} MiB/s)  runs ${ours.join(', ')}`);
   console.log(`  baseline scp -3 (unverified):         ${ms} ms (${((megabytes / ms) * 1000).toFixed(0)} MiB/s)  runs ${scp.join(', ')}`);
   console.log(`  ratio baseline/markco: ${(ms / mo).toFixed(2)}x`);
+  report({ name: `${megabytes} MiB host to host, ssh2 relay with sha256`, metric: 'wall time', unit: 'ms', better: 'lower', samples: ours, baseline: { name: 'scp -3 (unverified)', samples: scp }, params: `${rounds} rounds` });
 } finally {
   await shells.closeAll();
   await h.teardown();
