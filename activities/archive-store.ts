@@ -81,15 +81,26 @@ export async function uploadArchiveFromHost(
   if (!(Number.isInteger(partBytes) && partBytes >= minPartBytes)) throw new Error(`partBytes must be a whole number of at least ${minPartBytes} (S3's minimum part size)`);
   const started = Date.now();
   const sendOpts = args.signal ? { abortSignal: args.signal } : {};
-  const reader = await args.from.openReader(['cat', '--', args.path], { ...(args.signal ? { signal: args.signal } : {}), timeoutMs: args.timeoutMs ?? 60 * 60_000 });
+  // A failed upload stops the host's reader too: an unread reader blocks on its full pipe until its timeout.
+  const stopReader = new AbortController();
+  const readerSignal = args.signal ? AbortSignal.any([args.signal, stopReader.signal]) : stopReader.signal;
+  const reader = await args.from.openReader(['cat', '--', args.path], { signal: readerSignal, timeoutMs: args.timeoutMs ?? 60 * 60_000 });
   // A read that fails while the upload is being created reports through the loop below and `done`.
   reader.stdout.on('error', () => undefined);
-  // An attempt killed mid-upload (the worker died) left its parts behind, billed and invisible: abort them.
-  await abortUnfinishedUploads(s3, store.bucket, args.key, sendOpts);
-  const created = await s3.send(
-    new CreateMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, ChecksumAlgorithm: 'SHA256', ContentType: 'application/x-tar', ...encryptionParams(store.encryption) }),
-    sendOpts,
-  );
+  let created;
+  try {
+    // An attempt killed mid-upload (the worker died) left its parts behind, billed and invisible: abort them.
+    await abortUnfinishedUploads(s3, store.bucket, args.key, sendOpts);
+    created = await s3.send(
+      new CreateMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, ChecksumAlgorithm: 'SHA256', ContentType: 'application/x-tar', ...encryptionParams(store.encryption) }),
+      sendOpts,
+    );
+  } catch (err) {
+    // Refused before any part (no permission, no bucket).
+    stopReader.abort();
+    reader.stdout.destroy();
+    throw err;
+  }
   const uploadId = created.UploadId!;
   const whole = createHash('sha256');
   const parts: CompletedPart[] = [];
@@ -130,6 +141,7 @@ export async function uploadArchiveFromHost(
       sendOpts,
     );
   } catch (err) {
+    stopReader.abort();
     reader.stdout.destroy();
     await s3.send(new AbortMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, UploadId: uploadId })).catch(() => undefined);
     throw err;
