@@ -7,6 +7,7 @@ import { connectionTo, freshDatabase, registerBaseHost, temporalClient, testShel
 import { startEdgeWorker, startTestEdge } from '../test/support/edge.js';
 import { startHarness } from '../test/support/harness.js';
 import { hostEnvShell, podmanOn, storageConf } from '../test/support/netns.js';
+import { report } from './results.js';
 
 /**
  * Load (issue 10 item 2): N users sign in at once through the edge, each runs cells through `/u/<id>/`,
@@ -15,10 +16,10 @@ import { hostEnvShell, podmanOn, storageConf } from '../test/support/netns.js';
  * containers fit; the editor, the edge, the worker, PostgreSQL and Temporal are the real ones.
  * Reports errors, login-to-ready p50/p95/max (goal p95 < 10 s), cell round trips, migrations, and the
  * longest workflow history of each kind against Temporal's limits.
- *   node --import tsx bench/load.ts [USERS=200] [MIGRATING=20]
+ *   LOAD_USERS=200 LOAD_MIGRATING=20 node --import tsx bench/load.ts   (or npm run bench load)
  */
-const users = Number(process.argv[2] ?? 200);
-const migrating = Math.min(users, Number(process.argv[3] ?? 20));
+const users = Number(process.argv[2] ?? process.env.LOAD_USERS ?? 200);
+const migrating = Math.min(users, Number(process.argv[3] ?? process.env.LOAD_MIGRATING ?? 20));
 const standin = process.env.MARKCO_RUNTIME_STANDIN_IMAGE ?? 'localhost/markco-runtime-standin:0.1';
 
 const pct = (xs: number[], p: number) => (xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!);
@@ -135,6 +136,13 @@ try {
   const running = (await base.run(['podman', 'ps', '--format', '{{.Names}}'])).stdout.split('\n').filter(Boolean).length;
   const remote = await Promise.all(harness.state.hosts.map(async (h) => (await podmanOn(h, ['ps', '--format', '{{.Names}}'])).stdout.split('\n').filter(Boolean).length));
   console.log(`  containers running: base ${running}, other hosts ${remote.join(' + ')}`);
+  const params = `${users} users, ${migrating} migrating, stand-in runtime`;
+  report({ name: 'errors under load', metric: 'failed logins, cells and migrations', unit: 'count', better: 'lower', samples: [errors.length], goal: { on: 'median', op: '<=', value: 0, source: 'issue 10' }, params });
+  report({ name: 'login to ready, p95 of all users at once', metric: 'p95 wall time', unit: 's', better: 'lower', samples: [pct(readyTimes, 95) / 1000], goal: { on: 'median', op: '<', value: 10, source: 'issue 10' }, params });
+  report({ name: 'login to ready, each user', metric: 'wall time', unit: 's', better: 'lower', samples: readyTimes.map((t) => t / 1000), params });
+  report({ name: 'migration under load, each', metric: 'wall time', unit: 's', better: 'lower', samples: migrationTimes.map((t) => t / 1000), params });
+  const maxEvents = Math.max(...Object.values(longest).map((l) => l.events));
+  report({ name: 'longest workflow history', metric: 'events', unit: 'events', better: 'lower', samples: [maxEvents], goal: { on: 'median', op: '<', value: 10_240, source: "Temporal's warning limit" }, params });
   process.exitCode = errors.length > 0 ? 1 : 0;
 } finally {
   await edge?.close().catch(() => undefined);
