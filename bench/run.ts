@@ -13,7 +13,7 @@ import { benchNameEnv, mergeData, parseResultLines, readGeneratedData, renderSec
  * A bench's own arguments go in the environment its script reads (e.g. `GIB=0.25 npm run bench migrate`).
  * BENCH_NO_DOCS=1 leaves docs/benchmarks.md alone.
  */
-const all = ['proxy-core', 'proxy', 'proxy-peers', 'login', 'transfer', 'ssh2-cipher', 'migrate', 'idle-return', 'monitor', 'publish'];
+const all = ['proxy-core', 'proxy', 'proxy-peers', 'login', 'transfer', 'ssh2-cipher', 'migrate', 'idle-return', 'monitor', 'publish', 'elastic-cost'];
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : all;
 for (const name of chosen) {
   if (!all.includes(name)) {
