@@ -29,6 +29,7 @@ import { stopChild, waitFor } from '../infra/dev/processes.js';
 import { defaultToolsDir, repoRoot } from '../lib/paths.js';
 import { defaultTierLadder, gpuTierOf } from '../lib/tiers.js';
 import type { Plan } from '../workflows/contracts/users.js';
+import { report } from './results.js';
 import { cleanUpOnSignal } from './teardown.js';
 import { createFakeCloud } from './elastic/fake-cloud.js';
 import { measuredDurations } from './elastic/model.js';
@@ -294,6 +295,19 @@ async function main(): Promise<void> {
       console.log(`    ${s.userId.slice(-4)}: ${fmtS(s.ms)}; last instance ${last?.instanceType ?? '?'} (${last?.purpose ?? '?'}${last?.purpose === 'pre-provision' ? `, ${last.claimed ? 'claimed' : 'never claimed'}` : ''}) terminated by ${last?.terminatedBy ?? '?'}${rt ? `; idle checkpoint ${fmtS(rt.endedAt - rt.startedAt)} from ${fmtS(rt.startedAt - s.idleStart)}` : ''}`);
     }
   }
+  // Why a spell missed: the instance that ended last, and what kept it.
+  const causes: Record<string, number> = {};
+  for (const s of overGoal) {
+    const mine = result.hosts.filter((h) => h.userId === s.userId && h.launchedAt < s.nextSignIn - 1000 && (h.terminatedAt ?? Infinity) > s.idleStart);
+    const last = mine.sort((a, b) => (b.terminatedAt ?? Infinity) - (a.terminatedAt ?? Infinity))[0];
+    const idleOp = result.ops.find((op) => op.userId === s.userId && op.kind === 'idle' && op.startedAt >= s.idleStart && op.startedAt < s.nextSignIn);
+    let cause = 'other';
+    if (last?.terminatedBy === 'reservation expired') cause = 'an unclaimed reservation outlived the idle checkpoint';
+    else if (idleOp && idleOp.startedAt - s.idleStart > idleAfterMs + 10_000) cause = 'a move near the end of the session restarted the idle clock (scale-down or GPU return)';
+    else if (idleOp) cause = 'the idle checkpoint (dump, copy to base, S3 upload) took more than the 60 s left';
+    causes[cause] = (causes[cause] ?? 0) + 1;
+  }
+  for (const [c, n] of Object.entries(causes).sort((a, b) => b[1] - a[1])) console.log(`    missed because ${c}: ${n}`);
   const waits = result.ops.filter((op) => op.waitMs !== null);
   const returns = waits.filter((op) => op.kind === 'login');
   const hops = waits.filter((op) => op.kind === 'gpu-hop');
@@ -301,6 +315,14 @@ async function main(): Promise<void> {
   console.log(
     `  service: returns ${returns.length} (to EC2 ${returns.filter((r) => r.to !== 'base').length}, median ${fmtS(percentile(returns.map((r) => r.waitMs!), 50))}, max ${fmtS(Math.max(0, ...returns.map((r) => r.waitMs!)))}); GPU hops ${hops.length} (wait ${hops.map((h) => fmtS(h.waitMs!)).join(', ')}); users whose kernel wanted more than its limit ${starved.length} (total ${fmtS(starved.reduce((a, b) => a + b, 0))}, max ${fmtS(Math.max(0, ...starved))})`,
   );
+
+  const params = `seed ${seed}, ${users} users, ${sum.sessions} sessions, ${useEmulator ? 'moto on the virtual clock' : 'fake cloud'}`;
+  report({ name: `EC2 instance-hours, a day of ${users} users`, metric: 'instance-hours', unit: 'h', better: 'lower', samples: [hours(usage.totalMs)], baseline: { name: 'oracle knowing the future (no boot, no idle timeout)', samples: [hours(or.strict.totalMs)] }, goal: { on: 'ratio', op: '<=', value: 1.15, source: 'issue 10 item 4' }, params });
+  report({ name: `EC2 cost (on-demand us-east-1), a day of ${users} users`, metric: 'cost', unit: 'USD', better: 'lower', samples: [usage.usd], baseline: { name: 'oracle knowing the future (no boot, no idle timeout)', samples: [or.strict.usd] }, params });
+  report({ name: `EC2 instance-hours against the online bound (oracle + boot + idle timeout)`, metric: 'instance-hours', unit: 'h', better: 'lower', samples: [hours(usage.totalMs)], baseline: { name: 'oracle + boot per stint + idle timeout per session ending on EC2', samples: [hours(or.online.totalMs)] }, params });
+  report({ name: 'orphan instance-minutes', metric: 'instance time with nothing holding it', unit: 'min', better: 'lower', samples: [orphanMs / 60_000], goal: { on: 'max', op: '<=', value: 0, source: 'issue 10 item 4' }, params });
+  report({ name: 'idle to $0 per idle spell with an EC2 instance', metric: 'idle start until the last instance terminated', unit: 's', better: 'lower', samples: idleMs.map((m) => m / 1000), goal: { on: 'max', op: '<=', value: goalIdleMs / 1000, source: 'issue 10 item 4: idle timeout + 60 s' }, params });
+  report({ name: 'replay wall time, one simulated day', metric: 'wall time', unit: 's', better: 'lower', samples: [simSeconds], params });
 
   if (whatIf) {
     // The same trace with one knob of the model changed each, against the fake cloud (the emulator adds nothing to a what-if).
@@ -311,7 +333,8 @@ async function main(): Promise<void> {
       ['return lands below 75% (planReturn headroom 0.34)', { returnHeadroom: 0.34 }],
       ['migrations land below 75% (resolveAutoTier headroom 0.34)', { migrateHeadroom: 0.34 }],
       ['GPU idleness ignores busy CPU (only GPU cells count)', { gpuBusyCountsCpu: false }],
-      ['no pre-provision + GPU idleness on GPU cells only', { preProvisionEnabled: false, gpuBusyCountsCpu: false }],
+      ['idle terminates the host before the S3 upload', { idleTerminateBeforeUpload: true }],
+      ['no pre-provision + GPU cells only + terminate before upload', { preProvisionEnabled: false, gpuBusyCountsCpu: false, idleTerminateBeforeUpload: true }],
     ];
     for (const [label, extra] of variants) {
       const fake = createFakeCloud(deploymentId);
@@ -319,7 +342,7 @@ async function main(): Promise<void> {
       const u = instanceUsage(usageFromHosts(r), r.endedAt);
       const sp = idleToZero(trace, usageFromHosts(r), r.endedAt).spells.map((s) => s.ms);
       const st = Object.values(r.starvedMs).reduce((a, b) => a + b, 0);
-      console.log(`  ${label.padEnd(58)} ${fmtH(u.totalMs).padStart(9)} ${(u.totalMs / or.strict.totalMs).toFixed(3)}x  $${u.usd.toFixed(2)} ${(u.usd / or.strict.usd).toFixed(3)}x  idle->$0 max ${fmtS(Math.max(...sp))}  starved ${fmtS(st)}`);
+      console.log(`  ${label.padEnd(62)} ${fmtH(u.totalMs).padStart(9)} ${(u.totalMs / or.strict.totalMs).toFixed(3)}x  $${u.usd.toFixed(2)} ${(u.usd / or.strict.usd).toFixed(3)}x  idle->$0 max ${fmtS(Math.max(...sp))}  starved ${fmtS(st)}`);
     }
   }
   if (Object.keys(callStats).length > 0) console.log(`EC2 emulator calls: ${Object.entries(callStats).map(([k, c]) => `${k} ${c.calls} (${(c.ms / 1000).toFixed(1)} s)`).join(', ')}`);

@@ -82,6 +82,8 @@ export interface SimOptions {
   returnHeadroom?: number;
   migrateHeadroom?: number;
   preProvisionEnabled?: boolean;
+  /** The idle checkpoint terminates the EC2 host once the archive is on the base server, before the S3 upload (today: after). */
+  idleTerminateBeforeUpload?: boolean;
   /** Whether the monitor's busy CPU keeps GPU work from idling (gpu-policy.ts `onBusy`; true today). */
   gpuBusyCountsCpu?: boolean;
   /** Called every simulated hour (progress). */
@@ -573,6 +575,17 @@ export async function simulate(o: SimOptions): Promise<SimResult> {
       // idle checkpoint
       const onEc2 = e.row.hostId !== baseHostId;
       doneAt = now + d.idleMs(used, onEc2);
+      if (onEc2 && o.idleTerminateBeforeUpload) {
+        const hostId = e.row.hostId;
+        schedule(now + d.idleOffHostMs(used, onEc2), async () => {
+          const h = hostId ? hosts.get(hostId) : undefined;
+          if (h && e.running?.id === id) {
+            r.sourceHostId = null;
+            e.row = { ...e.row, hostId: null };
+            await terminate(h, `idle ${id} (archive on the base server)`);
+          }
+        });
+      }
       commit = async () => {
         const hostId = e.row.hostId;
         e.row = { ...e.row, state: 'checkpointed', hostId: null, snapshotBytes: usageOf(e, now) };
