@@ -6,7 +6,7 @@
 # Environment knobs:
 #   MARKCO_TOOLS_DIR       where the Python venv (temporal CLI, moto) and the Node fallback live
 #   MARKCO_DEBIAN_MIRROR   mirror for apt suites added here and for debootstrap (default deb.debian.org)
-#   MARKCO_BOOTSTRAP_SKIP  space-separated steps to skip: apt criu containers python node npm image
+#   MARKCO_BOOTSTRAP_SKIP  space-separated steps to skip: apt criu containers python node npm image runtime-host
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -183,6 +183,13 @@ fi
 # Each is skipped when its recipe is unchanged.
 if ! skipped image; then
   MARKCO_DEBIAN_MIRROR=$MIRROR "$ROOT/images/build.sh"
+fi
+
+# --- 8. The runtime-host recipe's packages, cached for the recipe test --------------------------
+# One throwaway debootstrap host provisioned by infra/runtime-host/provision.sh fills
+# .markco/cache/runtime-host, so the test never reaches the mirror. Again only when the recipe changes.
+if ! skipped runtime-host; then
+  MARKCO_DEBIAN_MIRROR=$MIRROR node --import tsx "$ROOT/infra/dev/prime-runtime-host.ts"
 fi
 
 log "ready"
