@@ -6,13 +6,17 @@ import { migrationsDir } from './paths.js';
 export type Pool = pg.Pool;
 
 export function createPool(databaseUrl: string, opts: { max?: number; application?: string } = {}): pg.Pool {
-  return new pg.Pool({
+  const pool = new pg.Pool({
     connectionString: databaseUrl,
     max: opts.max ?? 10,
     application_name: opts.application ?? 'markco',
     connectionTimeoutMillis: 10_000,
     idleTimeoutMillis: 30_000,
   });
+  // An idle connection that PostgreSQL ends (a restart, a failover) is reported as the pool's 'error';
+  // unheard, it would crash the edge or the worker. The pool has dropped that client; the next query connects anew.
+  pool.on('error', () => undefined);
+  return pool;
 }
 
 /** Applies every pending migration under infra/db/migrations; safe to run from several processes at once. */
