@@ -1,7 +1,7 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, Worker, type LogLevel } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime, Worker, type ActivityInterceptorsFactory, type LogLevel } from '@temporalio/worker';
 import type { EC2Client } from '@aws-sdk/client-ec2';
 import { ensureBucket } from '../activities/archive-store.js';
 import { createActivities, type ActivityDeps } from '../activities/index.js';
@@ -40,6 +40,34 @@ export async function createWorker(opts: {
     activities: createActivities(opts.deps),
     ...(opts.workflowBundlePath ? { workflowBundle: { codePath: opts.workflowBundlePath } } : { workflowsPath: workflowsPath() }),
     shutdownGraceTime: opts.shutdownGraceTime ?? '30s',
+    ...(process.env.MARKCO_TEST_STOP_AT_ACTIVITY_FILE ? { interceptors: { activity: [stopAtActivity(process.env.MARKCO_TEST_STOP_AT_ACTIVITY_FILE)] } } : {}),
+  });
+}
+
+/**
+ * Fault-injection tests only (test/integration/faults-worker-kill.test.ts), inert unless
+ * MARKCO_TEST_STOP_AT_ACTIVITY_FILE is set: when the file names `<workflowType>:<activityType>`, that
+ * activity's first attempt stops the whole worker process (SIGSTOP) before the activity runs, after
+ * printing one line saying so, for the test to kill it at exactly that boundary.
+ */
+function stopAtActivity(file: string): ActivityInterceptorsFactory {
+  return (ctx) => ({
+    inbound: {
+      execute(input, next) {
+        const { workflowType, activityType, attempt } = ctx.info;
+        let wanted = '';
+        try {
+          wanted = readFileSync(file, 'utf8').trim();
+        } catch {
+          /* no file: nothing wanted */
+        }
+        if (attempt === 1 && wanted === `${workflowType}:${activityType}`) {
+          process.stdout.write(`${JSON.stringify({ msg: 'stopped at activity', workflowType, activityType })}\n`);
+          process.kill(process.pid, 'SIGSTOP');
+        }
+        return next(input);
+      },
+    },
   });
 }
 

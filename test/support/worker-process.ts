@@ -24,6 +24,11 @@ export interface WorkerProcess {
   killGroup(signal: NodeJS.Signals): void;
   /** SIGTERM, then SIGKILL after graceMs; resolves once it is gone. */
   stop(graceMs?: number): Promise<void>;
+  /**
+   * Calls `listener` synchronously with every whole line the worker prints (its pino JSON), as it
+   * arrives: a test can kill the worker in the same tick as the line it waits for. Returns the unsubscriber.
+   */
+  onLine(listener: (line: string) => void): () => void;
 }
 
 /**
@@ -77,13 +82,23 @@ export function startWorkerProcess(env: Record<string, string>, opts: { logDir: 
   const pid = child.pid;
   let recent = '';
   let polling = false;
-  const onData = (chunk: Buffer) => {
+  const listeners = new Set<(line: string) => void>();
+  const partial = { stdout: '', stderr: '' };
+  const onData = (stream: 'stdout' | 'stderr') => (chunk: Buffer) => {
     log.write(chunk);
-    recent = (recent + chunk.toString('utf8')).slice(-16_000);
+    const text = chunk.toString('utf8');
+    recent = (recent + text).slice(-16_000);
     if (!polling && recent.includes('"msg":"worker polling"')) polling = true;
+    if (listeners.size === 0) {
+      partial[stream] = '';
+      return;
+    }
+    const lines = (partial[stream] + text).split('\n');
+    partial[stream] = lines.pop() ?? '';
+    for (const line of lines) for (const l of listeners) l(line);
   };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
+  child.stdout!.on('data', onData('stdout'));
+  child.stderr!.on('data', onData('stderr'));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('exit', (code, signal) => {
       log.end();
@@ -122,6 +137,10 @@ export function startWorkerProcess(env: Record<string, string>, opts: { logDir: 
     ready,
     exited,
     killGroup,
+    onLine(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
     async stop(graceMs = 10_000) {
       if (child.exitCode !== null || child.signalCode !== null) return;
       killGroup('SIGTERM');
