@@ -304,6 +304,11 @@ function statsCell(s: Stats, unit: string): string {
 function goalCell(row: Row): string {
   const g = row.goal;
   if (!g) return '';
+  return `${goalText(row)}${g.source ? ` (${g.source})` : ''}`;
+}
+
+function goalText(row: Row): string {
+  const g = row.goal!;
   const op = { '<=': '≤', '<': '<', '>=': '≥', '>': '>' }[g.op];
   const verdict = g.met ? '**met**' : '**missed**';
   switch (g.on) {
