@@ -195,6 +195,8 @@ export interface RunInfo {
   loadEnd: number[];
   seconds: number;
   benches: string[];
+  /** What the operator said about the run (BENCH_NOTE): what else ran on the machine, what was reduced. */
+  note?: string;
 }
 
 /** A table row as kept in the document: the result without its samples, and which run made it. */
@@ -345,6 +347,7 @@ export function renderSection(data: GeneratedData): string {
       `| ${letter.get(r.id)} | ${r.date.slice(0, 16).replace('T', ' ')} | ${cell(r.commit)} | ${cell(r.machine)} | ${r.loadStart.map((l) => l.toFixed(2)).join(' ')} → ${r.loadEnd.map((l) => l.toFixed(2)).join(' ')} | ${Math.round(r.seconds / 60)} min | ${r.benches.join(', ')} |`,
     );
   }
+  for (const r of data.runs) if (r.note) lines.push('', `Run ${letter.get(r.id)}: ${r.note}`);
   lines.push('', '| Bench | Run | Took | 1-min load at start → end | Exit | Parameters |', '|---|---|---|---|---|---|');
   for (const b of data.benchRuns) {
     lines.push(`| ${b.bench} | ${letter.get(b.runId) ?? '?'} | ${Math.round(b.seconds)} s | ${b.loadStart.toFixed(2)} → ${b.loadEnd.toFixed(2)} | ${b.exitCode ?? 'signal'} | ${cell(b.params ?? '')} |`);

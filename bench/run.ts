@@ -11,7 +11,8 @@ import { benchNameEnv, mergeData, parseResultLines, readGeneratedData, renderSec
  * then rewrites the generated section of docs/benchmarks.md: the machine, the date, the commit, the load,
  * and one row per measurement. `npm run bench [NAME...]` runs just those and replaces only their rows.
  * A bench's own arguments go in the environment its script reads (e.g. `GIB=0.25 npm run bench migrate`).
- * BENCH_NO_DOCS=1 leaves docs/benchmarks.md alone.
+ * BENCH_NO_DOCS=1 leaves docs/benchmarks.md alone; BENCH_NOTE="..." is printed under the run in the table
+ * (what else ran on the machine, which parameters were reduced).
  */
 const all = ['proxy-core', 'proxy', 'proxy-peers', 'login', 'transfer', 'ssh2-cipher', 'migrate', 'idle-return', 'monitor', 'publish', 'elastic-cost'];
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : all;
@@ -91,6 +92,7 @@ const run: RunInfo = {
   loadEnd: loadavg(),
   seconds: (Date.now() - startedAt.getTime()) / 1000,
   benches: fresh.benchRuns.map((b) => b.bench),
+  ...(process.env.BENCH_NOTE ? { note: process.env.BENCH_NOTE } : {}),
 };
 fresh.runs.push(run);
 console.log(`\n[bench] ${fresh.benchRuns.length} bench(es) in ${(run.seconds / 60).toFixed(1)} min; load average ${loadStart.map((l) => l.toFixed(2)).join(' ')} -> ${run.loadEnd.map((l) => l.toFixed(2)).join(' ')}`);

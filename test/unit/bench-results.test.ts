@@ -127,6 +127,7 @@ test('a subset run replaces only its benches\' rows; the others keep theirs with
   assert.deepEqual(kept, mergeData({ runs: [], benchRuns: [], rows: [] }, first, order), 'the data round-trips through the document');
 
   const second = runOf('2026-12-05T10:00:00.000Z', [['login', 'cold', [105], [100]]]);
+  second.runs[0]!.note = 'another suite ran on the same cores';
   const merged = mergeData(kept, second, order);
   assert.deepEqual(
     merged.rows.map((r) => [r.bench, r.name, r.ours.median, r.runId.slice(0, 10)]),
@@ -142,6 +143,7 @@ test('a subset run replaces only its benches\' rows; the others keep theirs with
   const doc2 = replaceGeneratedSection(doc1, renderSection(merged));
   assert.match(doc2, /\| proxy \| small \|[^\n]*\| A \|/);
   assert.match(doc2, /\| login \| cold \|[^\n]*\| B \|/);
+  assert.match(doc2, /\nRun B: another suite ran on the same cores\n/);
   assert.equal(doc2.slice(doc2.indexOf(endMarker)), doc1.slice(doc1.indexOf(endMarker)));
 
   // A bench that ran and reported nothing (it failed) keeps its old rows and the run line that made them.
