@@ -344,6 +344,9 @@ export function createStore(pool: pg.Pool) {
            WHERE id = $1 AND state <> 'terminated'`,
           [id, error?.slice(0, 4000) ?? null],
         );
+        // Ports on a host that no longer exists are nobody's: a lease whose release never reached it (an
+        // undo on an unreachable host) must not outlive it.
+        await pool.query(`DELETE FROM port_leases WHERE host_id = $1`, [id]);
         return (r.rowCount ?? 0) > 0;
       },
 

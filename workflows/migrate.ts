@@ -228,7 +228,12 @@ export async function migrateRuntime(input: MigrateRuntimeInput): Promise<Migrat
     const failedAt = (err as { cause?: { type?: string } }).cause?.type === ErrorType.RestoreFailed ? 'restore' : step;
     step = 'failed';
     await CancellationScope.nonCancellable(async () => {
-      for (const u of undo.reverse()) {
+      // Newest first, except that the source resumes first: undoing on an unreachable target retries for
+      // minutes, and the user's runtime must not stay paused meanwhile.
+      const ordered = undo.reverse();
+      const resume = ordered.findIndex((u) => u.name === 'resume the source');
+      if (resume > 0) ordered.unshift(...ordered.splice(resume, 1));
+      for (const u of ordered) {
         try {
           await u.run();
         } catch (undoError) {
