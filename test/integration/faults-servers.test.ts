@@ -93,7 +93,7 @@ describe('faults: Temporal and PostgreSQL restarted under running operations', (
     await sleep(3000);
     temporalServer = await startTemporal();
     t.diagnostic(`Temporal was down ${Date.now() - killedAt} ms`);
-    const settled = await Promise.race([outcome, sleep(240_000).then(() => ({ ok: false as const, err: new Error('no outcome within 4 minutes of the restart') }))]);
+    const settled = await Promise.race([outcome, sleep(240_000, undefined, { ref: false }).then(() => ({ ok: false as const, err: new Error('no outcome within 4 minutes of the restart') }))]);
     if (!settled.ok) {
       const { lines } = await activityAttempts(s.temporal.client, handle.workflowId).catch(() => ({ lines: ['(no history)'] }));
       assert.fail(`the migration did not complete across the restart: ${(settled.err as Error).message}\n${lines.join('\n')}\nworker:\n${s.worker().tail()}`);
@@ -136,7 +136,7 @@ describe('faults: Temporal and PostgreSQL restarted under running operations', (
     pgServer = await startPostgres();
     t.diagnostic(`PostgreSQL was down ${Date.now() - stoppedAt} ms`);
 
-    const outcomes = await Promise.race([Promise.all(operations), sleep(300_000).then(() => undefined)]);
+    const outcomes = await Promise.race([Promise.all(operations), sleep(300_000, undefined, { ref: false }).then(() => undefined)]);
     assert.ok(outcomes, 'every operation ended within 5 minutes of the restart');
     assert.equal(workerExit, undefined, `the worker process survived the restart:\n${worker.tail()}`);
     for (const [i, o] of outcomes.entries()) assert.ok(o.ok, `${i === 0 ? 'the migration' : `login ${i}`} completed: ${o.ok ? '' : String((o as { err: unknown }).err)}`);

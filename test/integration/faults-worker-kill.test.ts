@@ -100,14 +100,14 @@ describe('faults: the worker killed as each activity of migrateRuntime and retur
       writeFileSync(stopFile, '');
       throw err;
     }
-    const exited = await Promise.race([w.exited, result.then(() => 'ended' as const), sleep(180_000).then(() => 'timeout' as const)]);
+    const exited = await Promise.race([w.exited, result.then(() => 'ended' as const), sleep(180_000, undefined, { ref: false }).then(() => 'timeout' as const)]);
     off();
     writeFileSync(stopFile, '');
     assert.ok(killedAt > 0, `${activity} of ${workflowType} never started (${typeof exited === 'string' ? exited : 'the worker exited by itself'})`);
     assert.deepEqual(exited, { code: null, signal: 'SIGKILL' });
     const replacement = s.startWorker();
     await replacement;
-    const settled = await Promise.race([result, sleep(300_000).then(() => ({ ok: false as const, err: new Error('no outcome within 5 minutes of the kill') }))]);
+    const settled = await Promise.race([result, sleep(300_000, undefined, { ref: false }).then(() => ({ ok: false as const, err: new Error('no outcome within 5 minutes of the kill') }))]);
     t.diagnostic(`killed ${killedAt - started} ms after the start; outcome ${Date.now() - killedAt} ms after the kill`);
     if (!settled.ok) throw settled.err;
     return settled.r;
