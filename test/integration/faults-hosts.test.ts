@@ -136,7 +136,10 @@ describe('faults: the target host fails mid-transfer', () => {
     await s.balance([{ userId, state: 'running' }]);
   });
 
-  test("the target's network cut mid-transfer for good: the migration compensates, the source keeps serving, the instance is terminated", async (t) => {
+  // Five and a half minutes of the workflow's real retry budget (ssh keepalives, then the undo's host-command
+  // retries): too long for every CI run, so the full fault sweep runs it.
+  const fullSweep = process.env.MARKCO_FAULTS_FULL === '1';
+  test("the target's network cut mid-transfer for good: the migration compensates, the source keeps serving, the instance is terminated", { skip: fullSweep ? false : 'about 6 minutes of retry budget: runs with MARKCO_FAULTS_FULL=1' }, async (t) => {
     const m = await migrateUntilStreaming(t);
     await firewall(m.target, '-I');
     cuts.add(m.target);
