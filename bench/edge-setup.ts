@@ -1,3 +1,4 @@
+import { Pool } from 'undici';
 import type { HostShells } from '../activities/host-shell.js';
 import { freshDatabase, registerBaseHost, testShells, type TestDatabase } from '../test/support/context.js';
 import { startEdgeWorker, startTestEdge, type RunningEdge } from '../test/support/edge.js';
@@ -48,3 +49,22 @@ export async function startEdgeBench(): Promise<EdgeBench> {
 
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 export const range = (xs: number[]) => `${Math.min(...xs)}-${Math.max(...xs)}`;
+
+/** Small GET requests per second from `connections` keep-alive clients for `seconds`; anything but 200 fails the run. */
+export async function requestsPerSecond(origin: string, path: string, headers: Record<string, string>, load: { connections: number; seconds: number }): Promise<number> {
+  const pool = new Pool(origin, { connections: load.connections, pipelining: 1 });
+  const deadline = Date.now() + load.seconds * 1000;
+  let done = 0;
+  await Promise.all(
+    Array.from({ length: load.connections }, async () => {
+      while (Date.now() < deadline) {
+        const res = await pool.request({ path, method: 'GET', headers });
+        await res.body.dump();
+        if (res.statusCode !== 200) throw new Error(`${origin}${path} answered ${res.statusCode}`);
+        done++;
+      }
+    }),
+  );
+  await pool.close();
+  return done / load.seconds;
+}

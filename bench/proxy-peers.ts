@@ -3,12 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Pool, request } from 'undici';
+import { request } from 'undici';
 import WebSocket from 'ws';
 import { waitFor } from '../infra/dev/processes.js';
 import { repoRoot } from '../lib/paths.js';
 import { freePort } from '../test/support/harness.js';
-import { median, range, startEdgeBench } from './edge-setup.js';
+import { median, range, requestsPerSecond, startEdgeBench } from './edge-setup.js';
 import { report } from './results.js';
 
 /**
@@ -25,24 +25,6 @@ const seconds = Number(process.argv[2] ?? 4);
 const connections = Number(process.argv[3] ?? 16);
 const rounds = Number(process.argv[4] ?? 3);
 const pings = 2000;
-
-async function requestsPerSecond(origin: string, path: string, headers: Record<string, string>): Promise<number> {
-  const pool = new Pool(origin, { connections, pipelining: 1 });
-  const deadline = Date.now() + seconds * 1000;
-  let done = 0;
-  await Promise.all(
-    Array.from({ length: connections }, async () => {
-      while (Date.now() < deadline) {
-        const res = await pool.request({ path, method: 'GET', headers });
-        await res.body.dump();
-        if (res.statusCode !== 200) throw new Error(`${origin}${path} answered ${res.statusCode}`);
-        done++;
-      }
-    }),
-  );
-  await pool.close();
-  return done / seconds;
-}
 
 /** Round trips of a WebSocket ping (answered by the editor's ws server) in milliseconds, one at a time. */
 async function pingRoundTrips(url: string, headers: Record<string, string>): Promise<number[]> {
@@ -157,7 +139,7 @@ try {
   // Each run's p50 and p99, for the results' min-max.
   const wsRuns: Record<string, { p50: number[]; p99: number[] }> = { direct: { p50: [], p99: [] }, edge: { p50: [], p99: [] }, chp: { p50: [], p99: [] }, caddy: { p50: [], p99: [] } };
   for (let round = 0; round < rounds; round++) {
-    for (const [name, t] of Object.entries(targets)) rps[name]!.push(await requestsPerSecond(t.origin, t.path, t.headers));
+    for (const [name, t] of Object.entries(targets)) rps[name]!.push(await requestsPerSecond(t.origin, t.path, t.headers, { connections, seconds }));
     for (const [name, t] of Object.entries(targets)) {
       const times = await pingRoundTrips(t.ws, t.headers);
       ws[name]!.push(...times);

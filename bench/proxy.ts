@@ -1,5 +1,5 @@
-import { Pool, request } from 'undici';
-import { median, startEdgeBench } from './edge-setup.js';
+import { request } from 'undici';
+import { median, requestsPerSecond, startEdgeBench } from './edge-setup.js';
 import { report } from './results.js';
 
 /**
@@ -12,24 +12,6 @@ import { report } from './results.js';
 const seconds = Number(process.argv[2] ?? 5);
 const connections = Number(process.argv[3] ?? 16);
 const bench = await startEdgeBench();
-
-async function requestsPerSecond(origin: string, path: string, headers: Record<string, string>): Promise<number> {
-  const pool = new Pool(origin, { connections, pipelining: 1 });
-  const deadline = Date.now() + seconds * 1000;
-  let done = 0;
-  await Promise.all(
-    Array.from({ length: connections }, async () => {
-      while (Date.now() < deadline) {
-        const res = await pool.request({ path, method: 'GET', headers });
-        await res.body.dump();
-        if (res.statusCode !== 200) throw new Error(`${origin}${path} answered ${res.statusCode}`);
-        done++;
-      }
-    }),
-  );
-  await pool.close();
-  return done / seconds;
-}
 
 async function megabytesPerSecond(url: string, headers: Record<string, string>, rounds: number): Promise<number> {
   // storeHistory false: IPython would otherwise keep every 4 MiB result in Out and the runtime would hit its plan's memory limit.
@@ -74,8 +56,8 @@ try {
   const large = { direct: [] as number[], proxy: [] as number[] };
   const cell = { direct: [] as number[], proxy: [] as number[] };
   for (let round = 0; round < 3; round++) {
-    small.direct.push(await requestsPerSecond(direct, '/health', {}));
-    small.proxy.push(await requestsPerSecond(viaEdge.origin, `${viaEdge.prefix}/health`, viaEdge.headers));
+    small.direct.push(await requestsPerSecond(direct, '/health', {}, { connections, seconds }));
+    small.proxy.push(await requestsPerSecond(viaEdge.origin, `${viaEdge.prefix}/health`, viaEdge.headers, { connections, seconds }));
     large.direct.push(await megabytesPerSecond(`${direct}/proxy/${runtime.port}/mrp/v1/execute`, {}, 5));
     large.proxy.push(await megabytesPerSecond(`${viaEdge.origin}${viaEdge.prefix}/proxy/${runtime.port}/mrp/v1/execute`, viaEdge.headers, 5));
     cell.direct.push(await executeMilliseconds(`${direct}/proxy/${runtime.port}/mrp/v1/execute`, {}, 100));

@@ -3,7 +3,7 @@ import { closeSync, cpSync, existsSync, mkdirSync, openSync, readdirSync, readFi
 import { join } from 'node:path';
 import { LocalShell } from '../../activities/host-shell.js';
 import { repoRoot } from '../../lib/paths.js';
-import { addHostNetns, tcpOpen, type TestNetwork } from './namespace-hosts.js';
+import { addHostNetns, removeNetns, tcpOpen, type TestNetwork } from './namespace-hosts.js';
 import { waitFor } from './processes.js';
 
 /**
@@ -286,15 +286,5 @@ export async function destroyDebootstrapHost(h: DebootstrapHostInfo): Promise<vo
       if (existsSync(`/proc/${init}`)) throw new Error('still running');
     }, { timeoutMs: 10_000, intervalMs: 50 }).catch(() => undefined);
   }
-  if (existsSync(`/var/run/netns/${h.netns}`)) {
-    const pids = await run(['ip', 'netns', 'pids', h.netns], { okExitCodes: [0, 1] });
-    for (const pid of pids.stdout.split(/\s+/).filter(Boolean)) {
-      try {
-        process.kill(Number(pid), 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-    await run(['ip', 'netns', 'del', h.netns], { okExitCodes: [0, 1] });
-  }
+  await removeNetns(h.netns);
 }

@@ -255,15 +255,19 @@ export async function destroyNamespaceHost(h: NamespaceHostInfo): Promise<void> 
     // SIGKILL leaves the pid file: a later destroy must not kill whatever process reuses the pid.
     rmSync(h.sshdPidFile, { force: true });
   }
-  if (existsSync(`/var/run/netns/${h.netns}`)) {
-    const pids = await run(['ip', 'netns', 'pids', h.netns], { okExitCodes: [0, 1] });
-    for (const pid of pids.stdout.split(/\s+/).filter(Boolean)) {
-      try {
-        process.kill(Number(pid), 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
+  await removeNetns(h.netns);
+}
+
+/** Kills whatever still runs in a host's network namespace and deletes it (the veth goes with it). */
+export async function removeNetns(netns: string): Promise<void> {
+  if (!existsSync(`/var/run/netns/${netns}`)) return;
+  const pids = await run(['ip', 'netns', 'pids', netns], { okExitCodes: [0, 1] });
+  for (const pid of pids.stdout.split(/\s+/).filter(Boolean)) {
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      /* already gone */
     }
-    await run(['ip', 'netns', 'del', h.netns], { okExitCodes: [0, 1] });
   }
+  await run(['ip', 'netns', 'del', netns], { okExitCodes: [0, 1] });
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Client } from '@temporalio/client';
@@ -14,7 +14,8 @@ import { workflowIds, type RegisterHostInput } from '../../workflows/contracts/i
 import type { LoginResult } from '../../workflows/contracts/user-environment.js';
 import type { registerHost } from '../../workflows/register-host.js';
 import { freshDatabase, registerBaseHost, startTestWorker, temporalClient, testShells, useHarness, type TestDatabase } from '../support/context.js';
-import { runMarkerEnv, testRunsRoot } from '../support/leftovers.js';
+import { imageArchive } from '../support/harness.js';
+import { runMarkerEnv } from '../support/leftovers.js';
 import { hostEnvShell } from '../support/netns.js';
 
 /**
@@ -27,19 +28,6 @@ import { hostEnvShell } from '../support/netns.js';
 const h = useHarness();
 const local = new LocalShell('runtime-host-recipe', { commandTimeoutMs: 600_000 });
 
-/** The runtime image as a `podman save` archive, cached by image id between runs (what the recipe loads). */
-async function runtimeImageArchive(image: string): Promise<string> {
-  const id = (await local.run(['podman', 'image', 'inspect', '--format', '{{.Id}}', image])).stdout.trim();
-  const cacheDir = join(testRunsRoot, 'cache');
-  mkdirSync(cacheDir, { recursive: true });
-  const archive = join(cacheDir, `${id}.tar`);
-  if (!existsSync(archive)) {
-    const tmp = `${archive}.${process.pid}.partial`;
-    await local.run(['podman', 'save', '--quiet', '--output', tmp, image]);
-    renameSync(tmp, archive);
-  }
-  return archive;
-}
 
 describe('the runtime-host recipe on a debootstrap root', () => {
   let db: TestDatabase;
@@ -79,7 +67,7 @@ describe('the runtime-host recipe on a debootstrap root', () => {
     // The host is built while the user's runtime starts on the base server.
     const t0 = Date.now();
     const building = (async () => {
-      const archive = await runtimeImageArchive(h.state.images.runtime);
+      const archive = await imageArchive(h.state.images.runtime);
       host = await createDebootstrapHost({
         net: h.state.network,
         runDir: h.state.runDir,

@@ -100,8 +100,8 @@ async function destroyLocalBaseHost(h: LocalBaseHost): Promise<void> {
     .catch(() => undefined);
 }
 
-/** The base image as a `podman save` archive, cached by image id between runs (what an AMI bake would load). */
-async function imageArchive(image: string): Promise<string> {
+/** An image as a `podman save` archive, cached by image id between runs (what an AMI bake would load). */
+export async function imageArchive(image: string): Promise<string> {
   const id = (await local.run(['podman', 'image', 'inspect', '--format', '{{.Id}}', image])).stdout.trim();
   const cacheDir = join(testRunsRoot, 'cache');
   mkdirSync(cacheDir, { recursive: true });
