@@ -188,12 +188,16 @@ function failureOf(
  * Calls `stop` once when the command outlives its deadline or is cancelled; `settle` runs the outcome
  * exactly once and disarms both.
  */
-function commandLifetime(timeoutMs: number, signal: AbortSignal | undefined, stop: (why: 'timeout' | 'abort') => void): { settle(fn: () => void): void } {
+function commandLifetime(timeoutMs: number, signal: AbortSignal | undefined, stop: (why: 'timeout' | 'abort') => void): { settle(fn: () => void): void; readonly settled: boolean } {
   let settled = false;
   const timer = setTimeout(() => stop('timeout'), timeoutMs);
   const onAbort = () => stop('abort');
-  signal?.addEventListener('abort', onAbort, { once: true });
+  if (signal?.aborted) queueMicrotask(onAbort);
+  else signal?.addEventListener('abort', onAbort, { once: true });
   return {
+    get settled() {
+      return settled;
+    },
     settle(fn) {
       if (settled) return;
       settled = true;
@@ -203,6 +207,9 @@ function commandLifetime(timeoutMs: number, signal: AbortSignal | undefined, sto
     },
   };
 }
+
+/** How long a stopped command waits for the host to confirm its channel closed before giving up on the connection. */
+const unansweredCloseMs = 5000;
 
 function feedStdin(stdin: RunOptions['stdin'], sink: NodeJS.WritableStream & { end(): void }): void {
   if (stdin === undefined) {
@@ -427,9 +434,22 @@ function writeKnownHosts(hostId: string, line: string): string {
 class Slots {
   private waiters: (() => void)[] = [];
   constructor(private free: number) {}
-  async take(): Promise<() => void> {
+  /** Waits for a free channel; a cancel while waiting leaves the queue at once (AbortError from `abort`). */
+  async take(signal?: AbortSignal, abort?: () => Error): Promise<() => void> {
     if (this.free > 0) this.free--;
-    else await new Promise<void>((r) => this.waiters.push(r));
+    else
+      await new Promise<void>((resolve, reject) => {
+        const waiter = () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = () => {
+          this.waiters = this.waiters.filter((w) => w !== waiter);
+          reject(abort ? abort() : new Error('cancelled'));
+        };
+        this.waiters.push(waiter);
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
     let released = false;
     return () => {
       if (released) return;
@@ -501,6 +521,47 @@ export class SshShell implements HostShell {
 
   private privileged(argv: readonly string[]): string {
     return shellJoin(this.host.sudo ? ['sudo', '-n', '--', ...argv] : argv);
+  }
+
+  /**
+   * Opens the command's channel. sshd answers at once on a live connection; on one whose host went
+   * silent the request is never answered, so the command's deadline and its cancel bound the wait too.
+   */
+  private openChannel(client: Client, argv: readonly string[], command: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<ClientChannel> {
+    return new Promise<ClientChannel>((resolve, reject) => {
+      let answered = false;
+      const giveUp = (err: Error) => {
+        if (answered) return;
+        answered = true;
+        this.abandon(client);
+        reject(err);
+      };
+      const lifetime = commandLifetime(timeoutMs, signal, (why) =>
+        giveUp(why === 'abort' ? new HostAbortError(this.hostId, command) : new HostTimeoutError(this.hostId, command, timeoutMs, 'the host did not open a session')),
+      );
+      client.exec(this.remoteCommand(argv), (err, ch) =>
+        lifetime.settle(() => {
+          if (answered) {
+            ch?.close();
+            return;
+          }
+          answered = true;
+          if (err) reject(err);
+          else resolve(ch);
+        }),
+      );
+    });
+  }
+
+  /** Drops a connection that stopped answering, so the next command connects afresh. */
+  private abandon(client: Client): void {
+    if (this.connection) {
+      const current = this.connection;
+      void current.then((c) => {
+        if (c === client && this.connection === current) this.connection = undefined;
+      }, () => undefined);
+    }
+    client.destroy();
   }
 
   /** Kills a command's process group through a channel of its own (best effort, bounded). */
@@ -657,21 +718,20 @@ export class SshShell implements HostShell {
     if (opts.signal?.aborted) throw new HostAbortError(this.hostId, command);
     const openssh = opts.bulk ? this.openSshArgs() : undefined;
     if (openssh) return this.execOpenSsh(openssh, argv, opts, capture, stdoutSink);
-    const release = await this.slots.take();
+    const release = await this.slots.take(opts.signal, () => new HostAbortError(this.hostId, command));
+    const timeoutMs = opts.timeoutMs ?? this.opts.commandTimeoutMs;
+    let client: Client;
     let channel: ClientChannel;
     try {
-      const client = await this.connect();
-      channel = await new Promise<ClientChannel>((resolve, reject) =>
-        client.exec(this.remoteCommand(argv), (err, ch) => (err ? reject(err) : resolve(ch))),
-      );
+      client = await this.connect();
+      channel = await this.openChannel(client, argv, command, timeoutMs, opts.signal);
     } catch (err) {
       release();
-      if (err instanceof HostConnectError) throw err;
+      if (err instanceof HostConnectError || err instanceof HostAbortError) throw err;
       // The connection went away between commands: let the next call reconnect.
       this.connection = undefined;
       throw new HostConnectError(this.hostId, 'other', (err as Error).message);
     }
-    const timeoutMs = opts.timeoutMs ?? this.opts.commandTimeoutMs;
     const started = Date.now();
     const collector = new OutputCollector(opts.maxStdoutBytes ?? DEFAULT_MAX_STDOUT);
     const done = new Promise<RunResult>((resolve, reject) => {
@@ -685,6 +745,13 @@ export class SshShell implements HostShell {
         const closeChannel = () => channel.close();
         if (preamble.pgid) void this.killGroup(preamble.pgid).then(closeChannel, closeChannel);
         else closeChannel();
+        // A host that stopped answering never confirms the close, and the caller must not wait for it:
+        // the connection is given up (the next command reconnects) and the command ends as stopped.
+        setTimeout(() => {
+          if (lifetime.settled) return;
+          this.abandon(client);
+          finish(() => reject(failureOf(this.hostId, command, { stoppedFor, timeoutMs, exitCode: null, signalName: null, result: { stdout: collector.stdoutText, stderr: collector.stderrText, exitCode: -1, durationMs: Date.now() - started, stdoutTruncated: collector.truncated }, ok: opts.okExitCodes })!));
+        }, unansweredCloseMs).unref();
       });
       const finish = (fn: () => void) =>
         lifetime.settle(() => {

@@ -32,7 +32,11 @@ export async function createWorker(opts: {
   deps: WorkerDeps;
   workflowBundlePath?: string | undefined;
   shutdownGraceTime?: string;
+  /** After this, run() gives up on activities that ignore their cancellation (tests bound their teardown with it). */
+  shutdownForceTime?: string;
 }): Promise<Worker> {
+  const interceptors: ActivityInterceptorsFactory[] = [trackInFlight];
+  if (process.env.MARKCO_TEST_STOP_AT_ACTIVITY_FILE) interceptors.push(stopAtActivity(process.env.MARKCO_TEST_STOP_AT_ACTIVITY_FILE));
   return Worker.create({
     connection: opts.connection,
     namespace: opts.namespace,
@@ -40,9 +44,48 @@ export async function createWorker(opts: {
     activities: createActivities(opts.deps),
     ...(opts.workflowBundlePath ? { workflowBundle: { codePath: opts.workflowBundlePath } } : { workflowsPath: workflowsPath() }),
     shutdownGraceTime: opts.shutdownGraceTime ?? '30s',
-    ...(process.env.MARKCO_TEST_STOP_AT_ACTIVITY_FILE ? { interceptors: { activity: [stopAtActivity(process.env.MARKCO_TEST_STOP_AT_ACTIVITY_FILE)] } } : {}),
+    ...(opts.shutdownForceTime ? { shutdownForceTime: opts.shutdownForceTime } : {}),
+    interceptors: { activity: interceptors },
   });
 }
+
+export interface InFlightActivity {
+  activityType: string;
+  workflowId: string;
+  workflowType: string;
+  attempt: number;
+  startedAt: number;
+  cancelled: boolean;
+}
+
+const inFlight = new Set<InFlightActivity>();
+
+/**
+ * The activities this process is running now, oldest first. A worker that does not stop names with it
+ * the activity that ignores its cancellation (the worker's own status only counts them).
+ */
+export function activitiesInFlight(): { activityType: string; workflowId: string; workflowType: string; attempt: number; runningMs: number; cancelled: boolean }[] {
+  const now = Date.now();
+  return [...inFlight].sort((a, b) => a.startedAt - b.startedAt).map(({ startedAt, ...a }) => ({ ...a, runningMs: now - startedAt }));
+}
+
+const trackInFlight: ActivityInterceptorsFactory = (ctx) => ({
+  inbound: {
+    async execute(input, next) {
+      const { activityType, workflowType, attempt, workflowExecution } = ctx.info;
+      const entry: InFlightActivity = { activityType, workflowType: workflowType ?? '', attempt, workflowId: workflowExecution?.workflowId ?? '', startedAt: Date.now(), cancelled: false };
+      const onAbort = () => (entry.cancelled = true);
+      ctx.cancellationSignal.addEventListener('abort', onAbort, { once: true });
+      inFlight.add(entry);
+      try {
+        return await next(input);
+      } finally {
+        inFlight.delete(entry);
+        ctx.cancellationSignal.removeEventListener('abort', onAbort);
+      }
+    },
+  },
+});
 
 /**
  * Fault-injection tests only (test/integration/faults-worker-kill.test.ts), inert unless

@@ -8,7 +8,7 @@ import { waitFor } from '../../infra/dev/processes.js';
 import type { MigrateRuntimeResult } from '../../workflows/contracts/elastic.js';
 import { freshDatabase, temporalClient, useHarness, type TestDatabase } from '../support/context.js';
 import { activityAttempts, ballastCode, entitySettled, processesNaming, startFaultStack, type FaultStack } from '../support/faults.js';
-import type { NamespaceHostInfo } from '../support/netns.js';
+import { cutNetwork } from '../support/netns.js';
 
 /**
  * Issue 10 item 3: the migration's target host fails under the transfer. The runtime holds 150 MiB of
@@ -30,7 +30,8 @@ describe('faults: the target host fails mid-transfer', () => {
   let s: FaultStack;
   let userId: string;
   /** Firewall rules to remove whatever happens. */
-  const cuts = new Set<NamespaceHostInfo>();
+  /** The undo of every network cut still in place. */
+  const cuts = new Set<() => Promise<void>>();
 
   before(async () => {
     db = await freshDatabase(h.state);
@@ -45,14 +46,11 @@ describe('faults: the target host fails mid-transfer', () => {
   });
 
   after(async () => {
-    for (const host of cuts) await firewall(host, '-D').catch(() => undefined);
+    for (const restore of cuts) await restore().catch(() => undefined);
     await s?.close();
     await s?.temporal.close();
     await db?.drop();
   });
-
-  const firewall = (host: NamespaceHostInfo, op: '-I' | '-D') =>
-    local.run(['nsenter', `--net=/var/run/netns/${host.netns}`, 'iptables', '-w', op, 'INPUT', '-m', 'comment', '--comment', 'markco-test-faults-cut', '-j', 'DROP']);
 
   /** Starts a migration to a new t3.small and resolves once its archive streams into the target. */
   async function migrateUntilStreaming(t: TestContext) {
@@ -120,11 +118,11 @@ describe('faults: the target host fails mid-transfer', () => {
 
   test("the target's network cut mid-transfer and restored 10 s later: the migration completes, x intact, books balance", async (t) => {
     const m = await migrateUntilStreaming(t);
-    await firewall(m.target, '-I');
-    cuts.add(m.target);
+    const restore = await cutNetwork(m.target, 'faults-cut');
+    cuts.add(restore);
     await sleep(10_000);
-    await firewall(m.target, '-D');
-    cuts.delete(m.target);
+    await restore();
+    cuts.delete(restore);
     const settled = await Promise.race([m.outcome, sleep(300_000, undefined, { ref: false }).then(() => ({ ok: false as const, err: new Error('still running after 5 minutes') }))]);
     if (!settled.ok) assert.fail(await explain(m.handle.workflowId, settled.err));
     const row = (await db.pool.query(`SELECT status FROM migrations WHERE id = $1`, [m.migrationId])).rows[0];
@@ -141,8 +139,8 @@ describe('faults: the target host fails mid-transfer', () => {
   const fullSweep = process.env.MARKCO_FAULTS_FULL === '1';
   test("the target's network cut mid-transfer for good: the migration compensates, the source keeps serving, the instance is terminated", { skip: fullSweep ? false : 'about 6 minutes of retry budget: runs with MARKCO_FAULTS_FULL=1' }, async (t) => {
     const m = await migrateUntilStreaming(t);
-    await firewall(m.target, '-I');
-    cuts.add(m.target);
+    const restore = await cutNetwork(m.target, 'faults-cut');
+    cuts.add(restore);
     const cutAt = Date.now();
     // The source serves again once the transfer is given up, long before the migration has finished undoing.
     const served = waitFor('the source to answer', async () => {
@@ -179,7 +177,8 @@ describe('faults: the target host fails mid-transfer', () => {
       const left = processesNaming(m.migrationId);
       if (left.length > 0) throw new Error(left.join(' | ').slice(0, 500));
     }, { timeoutMs: 60_000, intervalMs: 500 });
-    cuts.delete(m.target);
+    // The namespace went with the instance: there is no rule left to remove.
+    cuts.delete(restore);
     await s.balance([{ userId, state: 'running' }]);
   });
 });

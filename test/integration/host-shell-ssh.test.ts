@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { HostCommandError, HostConnectError, HostTimeoutError, SshShell, type HostShells } from '../../activities/host-shell.js';
+import { HostAbortError, HostCommandError, HostConnectError, HostTimeoutError, SshShell, type HostShells } from '../../activities/host-shell.js';
 import { streamFileBetweenHosts } from '../../activities/transfer.js';
 import { connectionTo, testShells, useHarness } from '../support/context.js';
+import { cutNetwork } from '../support/netns.js';
 
 /** The host-access layer against real sshd on namespace hosts. */
 describe('ssh2 host shell', () => {
@@ -65,6 +66,34 @@ describe('ssh2 host shell', () => {
     await assert.rejects(ghost.run(['true']), (err: unknown) => err instanceof HostConnectError && ['timeout', 'unreachable'].includes(err.reason));
     assert.ok(Date.now() - started < 5000);
     await ghost.close();
+  });
+
+  test('a host that goes silent mid-command: the cancel and the deadline still end commands at once, and the shell reconnects once it is back', async () => {
+    const host = h.state.hosts[1]!;
+    // A shell of its own: the shared one's connection must not be the one given up.
+    const silent = new SshShell(connectionTo(host), { privateKey: readFileSync(h.state.sshKeyPath), connectTimeoutMs: 2000, commandTimeoutMs: 60_000 });
+    let restore: (() => Promise<void>) | undefined;
+    try {
+      const cancel = new AbortController();
+      const running = silent.run(['sleep', '120'], { signal: cancel.signal });
+      running.catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 500));
+      restore = await cutNetwork(host, 'silent-shell');
+      let started = Date.now();
+      cancel.abort();
+      await assert.rejects(running, (err: unknown) => err instanceof HostAbortError);
+      assert.ok(Date.now() - started < 10_000, `the cancel ended the command in ${Date.now() - started} ms, without the host's answer`);
+
+      started = Date.now();
+      await assert.rejects(silent.run(['true'], { timeoutMs: 1500 }), (err: unknown) => err instanceof HostTimeoutError || err instanceof HostConnectError);
+      assert.ok(Date.now() - started < 10_000, `the deadline ended the command in ${Date.now() - started} ms`);
+
+      await restore();
+      assert.equal((await silent.run(['echo', 'back'])).stdout.trim(), 'back');
+    } finally {
+      await restore?.();
+      await silent.close();
+    }
   });
 
   test('many commands at once share one connection beyond the session limit', async () => {

@@ -17,7 +17,8 @@ import type { BootWatcher } from '../../infra/dev/simulated-cloud.js';
 import { defaultToolsDir, repoRoot } from '../../lib/paths.js';
 import { launchChromium } from '../support/chromium.js';
 import { connectionTo, emulatorEc2, freshDatabase, liveInstancesOfUser, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from '../support/context.js';
-import { hostEnvShell, storageConf } from '../support/netns.js';
+import { cutNetwork, hostEnvShell, storageConf } from '../support/netns.js';
+import { activitiesInFlight } from '../../workers/worker.js';
 import { runbookCommands, shellWords } from '../support/runbook.js';
 
 /**
@@ -76,7 +77,7 @@ describe('docs/runbook.md: migrate and cancel as written', () => {
     const stuck = await Promise.race([running.then(() => false), new Promise<boolean>((r) => (bound = setTimeout(() => r(true), 60_000)))]);
     clearTimeout(bound);
     mark(stuck ? 'worker still running after 60 s' : 'worker stopped');
-    if (stuck) console.log(JSON.stringify(worker.getStatus(), null, 1));
+    if (stuck) console.log(JSON.stringify({ status: worker.getStatus(), inFlight: activitiesInFlight() }, null, 1));
     for (const host of [h.state.baseHost, ...h.state.hosts]) await hostEnvShell(host).run(['podman', 'rm', '--force', '--ignore', '--time', '0', `rt-${userId}`, `ed-${userId}`]).catch(() => undefined);
     mark('containers removed');
     await watcher?.stop();
@@ -155,13 +156,8 @@ describe('docs/runbook.md: migrate and cancel as written', () => {
     await db.store.hosts.upsert({ id: target.hostId, kind: 'ec2', address: target.address, state: 'booting', sshUser: target.sshUser, hostKey: target.hostKey, instanceId: `i-${target.hostId.replace(/[^a-z0-9]/g, '')}`, instanceType: 't3.medium' });
     await db.store.hosts.markReady(target.hostId, await probeHostFacts(shells.for(connectionTo(target))));
     // Every packet into the host is dropped (as a security group or a dead link would): ssh connects time out.
-    const firewall = (op: '-I' | '-D') => hostEnvShell(target).run(['nsenter', `--net=/var/run/netns/${target.netns}`, 'iptables', '-w', op, 'INPUT', '-m', 'comment', '--comment', 'markco-test-unreachable', '-j', 'DROP']);
     await shells.closeAll();
-    await firewall('-I');
-    reconnectHost = async () => {
-      await firewall('-D');
-      reconnectHost = undefined;
-    };
+    reconnectHost = await cutNetwork(target, 'unreachable');
 
     const line = find(/^temporal workflow execute-update-with-start .*--update-name migrate --update-input '\{"target":"t3.small"/).replace(
       '{"target":"t3.small","reason":"operator"}',
@@ -202,7 +198,7 @@ describe('docs/runbook.md: migrate and cancel as written', () => {
       assert.deepEqual([rt.hostId, rt.state], [target.hostId, 'running']);
       assert.equal(await execute('x'), '42', 'x survived the stuck migration');
       await page.goto(`${ui}/history`);
-      await page.locator('text=Event History').first().waitFor({ timeout: 30_000 });
+      await page.locator('text=/Completed/').first().waitFor({ timeout: 30_000 });
       await page.screenshot({ path: join(artifacts, 'migration-completed.png'), fullPage: true });
     } finally {
       await temporal.close();

@@ -216,6 +216,8 @@ export async function startTestWorker(
     deps: { environment: testEnvironment(state), cloud: testCloud(state), entities: entitySignals(new Client({ connection: clientConnection, namespace: state.temporal.namespace }), taskQueue), ...deps, ec2: emulatorEc2(state) },
     workflowBundlePath: state.workflowBundlePath,
     shutdownGraceTime: '2s',
+    // An activity that ignores its cancellation fails the file's teardown in bounded time instead of hanging it.
+    shutdownForceTime: '30s',
   });
   // Callers close `connection` once the worker has stopped: the monitor's client goes with it.
   const closeNative = connection.close.bind(connection);

@@ -4,6 +4,7 @@ import { join, relative } from 'node:path';
 import { MissingPrerequisiteError } from '../../infra/dev/prerequisites.js';
 import { repoRoot } from '../../lib/paths.js';
 import { harnessStateEnv, startHarness, type RunningHarness } from './harness.js';
+import { runMarkerEnv } from './leftovers.js';
 
 /**
  * The test command's runner: starts the shared harness (real PostgreSQL, Temporal, EC2/S3 emulator,
@@ -15,6 +16,11 @@ import { harnessStateEnv, startHarness, type RunningHarness } from './harness.js
  *   run.ts FILE...    just those files
  */
 const tiers = ['unit', 'integration', 'security'] as const;
+/** The whole run's limit: well inside CI's 90 minutes, so a hang still ends with a report and a teardown. */
+const runBudgetS = Number(process.env.MARKCO_TEST_BUDGET_S ?? 3000);
+const teardownBudgetS = 300;
+/** One file's limit (node's --test-timeout): the slowest file takes about 3 minutes. */
+const fileTimeoutS = Number(process.env.MARKCO_TEST_FILE_TIMEOUT_S ?? 600);
 
 function testFiles(dir: string): string[] {
   if (!existsSync(dir)) return [];
@@ -58,10 +64,16 @@ async function main(): Promise<number> {
     if (!interrupted) {
       child = spawn(
         process.execPath,
-        ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=600000', '--test-reporter=spec', ...files],
+        ['--import', 'tsx', '--test', '--test-concurrency=1', `--test-timeout=${fileTimeoutS * 1000}`, '--test-reporter=spec', ...files],
         { stdio: 'inherit', cwd: repoRoot, env: { ...process.env, ...(harness ? { [harnessStateEnv]: harness.stateFile } : {}) } },
       );
+      // A run that outlives its budget is stopped here, with the harness torn down, rather than by CI's limit.
+      const deadline = setTimeout(() => {
+        console.error(`[test] the run passed its ${runBudgetS} s budget (MARKCO_TEST_BUDGET_S): stopping it`);
+        child?.kill('SIGTERM');
+      }, runBudgetS * 1000);
       code = await new Promise<number>((resolve) => child!.on('exit', (c, s) => resolve(c ?? (s ? 128 : 1))));
+      clearTimeout(deadline);
     }
   } catch (err) {
     console.error(err instanceof MissingPrerequisiteError ? err.message : err);
@@ -69,7 +81,13 @@ async function main(): Promise<number> {
   } finally {
     if (harness) {
       try {
-        await harness.teardown();
+        let bound: NodeJS.Timeout | undefined;
+        const teardownStarted = Date.now();
+        await Promise.race([
+          harness.teardown(),
+          new Promise((_, reject) => (bound = setTimeout(() => reject(new Error(`not done after ${teardownBudgetS} s; the run's processes carry ${runMarkerEnv} for a later run's sweep`)), teardownBudgetS * 1000))),
+        ]).finally(() => clearTimeout(bound));
+        console.log(`[test] harness torn down in ${Date.now() - teardownStarted} ms`);
       } catch (err) {
         console.error(`teardown failed: ${(err as Error).message}`);
         code = code || 1;
