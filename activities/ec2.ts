@@ -10,14 +10,13 @@ import {
   type _InstanceType,
 } from '@aws-sdk/client-ec2';
 import { ApplicationFailure } from '@temporalio/common';
-import ssh2 from 'ssh2';
 import { instanceFamily, type CloudConfig } from '../lib/config.js';
 import type { GpuSettings } from '../lib/tiers.js';
 import type { HostRole } from '../workflows/contracts/elastic.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
 import { hostIdPattern } from '../workflows/contracts/hosts.js';
 import { userIdPattern } from '../workflows/contracts/users.js';
-import { cloudInitUserData } from './cloud-init.js';
+import { cloudInitUserData, generateHostKeyPair } from './cloud-init.js';
 import { activitySignal, heartbeat } from './context.js';
 
 /** Tags that mark an instance as ours; the reaper only ever terminates instances carrying managedTag. */
@@ -255,7 +254,7 @@ export function createEc2Activities(deps: Ec2ActivityDeps) {
       } catch (err) {
         throw ApplicationFailure.create({ type: ErrorType.NotFound, message: `cannot read the workers' public ssh key ${cloud.sshKeyPath}.pub (MARKCO_SSH_KEY_PATH): ${(err as Error).message}`, nonRetryable: true });
       }
-      const keyPair = ssh2.utils.generateKeyPairSync('ed25519', { comment: `markco-host-${input.hostId}` });
+      const keyPair = generateHostKeyPair(`markco-host-${input.hostId}`);
       const hostKey = keyPair.public.trim();
       const launch = (spot: boolean) =>
         runInstance({

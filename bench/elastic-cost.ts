@@ -22,7 +22,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { CreateSubnetCommand, CreateVpcCommand, DescribeImagesCommand, DescribeInstancesCommand, EC2Client } from '@aws-sdk/client-ec2';
-import ssh2 from 'ssh2';
+import { generateHostKeyPair } from '../activities/cloud-init.js';
 import { createEc2Activities, deploymentTag, hostTag, userTag } from '../activities/ec2.js';
 import { resolveMotoServer } from '../infra/dev/prerequisites.js';
 import { stopChild, waitFor } from '../infra/dev/processes.js';
@@ -105,7 +105,7 @@ async function emulatorCloud(dir: string): Promise<{ cloud: SimCloud; records: (
   const subnetId = (await ec2.send(new CreateSubnetCommand({ VpcId: vpcId, CidrBlock: '10.77.224.0/20' }))).Subnet!.SubnetId!;
   const imageId = (await ec2.send(new DescribeImagesCommand({ Owners: ['amazon'] }))).Images!.find((i) => i.ImageId?.startsWith('ami-'))!.ImageId!;
   const keyPath = join(dir, 'workers_ed25519');
-  writeFileSync(`${keyPath}.pub`, `${ssh2.utils.generateKeyPairSync('ed25519', { comment: 'elastic-bench' }).public.trim()}\n`);
+  writeFileSync(`${keyPath}.pub`, `${generateHostKeyPair('elastic-bench').public}\n`);
   const activities = createEc2Activities({
     ec2,
     cloud: {
