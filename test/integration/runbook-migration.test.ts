@@ -197,8 +197,14 @@ describe('docs/runbook.md: migrate and cancel as written', () => {
       const rt = (await db.store.runtimes.live(userId))!;
       assert.deepEqual([rt.hostId, rt.state], [target.hostId, 'running']);
       assert.equal(await execute('x'), '42', 'x survived the stuck migration');
-      await page.goto(`${ui}/history`);
-      await page.locator('text=/Completed/').first().waitFor({ timeout: 30_000 });
+      // The Web UI can first render the run as it last fetched it: reload until it shows the completion.
+      await waitFor('the Web UI to show the migration completed', async () => {
+        await page.goto(`${ui}/history`);
+        await page.locator('text=/Workflow Execution Completed|Completed/').first().waitFor({ timeout: 10_000 });
+      }, { timeoutMs: 90_000, intervalMs: 2000 }).catch(async (err: unknown) => {
+        await page.screenshot({ path: join(artifacts, 'migration-completed-not-shown.png'), fullPage: true });
+        throw err;
+      });
       await page.screenshot({ path: join(artifacts, 'migration-completed.png'), fullPage: true });
     } finally {
       await temporal.close();
