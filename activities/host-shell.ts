@@ -529,27 +529,20 @@ export class SshShell implements HostShell {
    */
   private openChannel(client: Client, argv: readonly string[], command: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<ClientChannel> {
     return new Promise<ClientChannel>((resolve, reject) => {
-      let answered = false;
-      const giveUp = (err: Error) => {
-        if (answered) return;
-        answered = true;
-        this.abandon(client);
-        reject(err);
-      };
       const lifetime = commandLifetime(timeoutMs, signal, (why) =>
-        giveUp(why === 'abort' ? new HostAbortError(this.hostId, command) : new HostTimeoutError(this.hostId, command, timeoutMs, 'the host did not open a session')),
-      );
-      client.exec(this.remoteCommand(argv), (err, ch) =>
         lifetime.settle(() => {
-          if (answered) {
-            ch?.close();
-            return;
-          }
-          answered = true;
-          if (err) reject(err);
-          else resolve(ch);
+          this.abandon(client);
+          reject(why === 'abort' ? new HostAbortError(this.hostId, command) : new HostTimeoutError(this.hostId, command, timeoutMs, 'the host did not open a session'));
         }),
       );
+      client.exec(this.remoteCommand(argv), (err, ch) => {
+        // A session that opens after the command was given up is closed unused.
+        if (lifetime.settled) {
+          ch?.close();
+          return;
+        }
+        lifetime.settle(() => (err ? reject(err) : resolve(ch)));
+      });
     });
   }
 
@@ -750,7 +743,7 @@ export class SshShell implements HostShell {
         setTimeout(() => {
           if (lifetime.settled) return;
           this.abandon(client);
-          finish(() => reject(failureOf(this.hostId, command, { stoppedFor, timeoutMs, exitCode: null, signalName: null, result: { stdout: collector.stdoutText, stderr: collector.stderrText, exitCode: -1, durationMs: Date.now() - started, stdoutTruncated: collector.truncated }, ok: opts.okExitCodes })!));
+          end();
         }, unansweredCloseMs).unref();
       });
       const finish = (fn: () => void) =>
@@ -766,7 +759,8 @@ export class SshShell implements HostShell {
         exitSignal = signalName ?? null;
       });
       channel.on('error', (err: Error) => finish(() => reject(err)));
-      channel.on('close', () =>
+      // The outcome from what arrived so far: on the channel's close, or when a stopped command's host never closes it.
+      const end = () =>
         finish(() => {
           const result: RunResult = {
             stdout: collector.stdoutText,
@@ -781,8 +775,8 @@ export class SshShell implements HostShell {
             return reject(failure);
           }
           resolve(result);
-        }),
-      );
+        });
+      channel.on('close', end);
       feedStdin(opts.stdin, channel);
     });
     done.catch(() => undefined);

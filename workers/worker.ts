@@ -49,13 +49,13 @@ export async function createWorker(opts: {
   });
 }
 
-export interface InFlightActivity {
+interface InFlightActivity {
   activityType: string;
   workflowId: string;
   workflowType: string;
   attempt: number;
   startedAt: number;
-  cancelled: boolean;
+  cancellation: AbortSignal;
 }
 
 const inFlight = new Set<InFlightActivity>();
@@ -66,22 +66,19 @@ const inFlight = new Set<InFlightActivity>();
  */
 export function activitiesInFlight(): { activityType: string; workflowId: string; workflowType: string; attempt: number; runningMs: number; cancelled: boolean }[] {
   const now = Date.now();
-  return [...inFlight].sort((a, b) => a.startedAt - b.startedAt).map(({ startedAt, ...a }) => ({ ...a, runningMs: now - startedAt }));
+  return [...inFlight].sort((a, b) => a.startedAt - b.startedAt).map(({ startedAt, cancellation, ...a }) => ({ ...a, runningMs: now - startedAt, cancelled: cancellation.aborted }));
 }
 
 const trackInFlight: ActivityInterceptorsFactory = (ctx) => ({
   inbound: {
     async execute(input, next) {
       const { activityType, workflowType, attempt, workflowExecution } = ctx.info;
-      const entry: InFlightActivity = { activityType, workflowType: workflowType ?? '', attempt, workflowId: workflowExecution?.workflowId ?? '', startedAt: Date.now(), cancelled: false };
-      const onAbort = () => (entry.cancelled = true);
-      ctx.cancellationSignal.addEventListener('abort', onAbort, { once: true });
+      const entry: InFlightActivity = { activityType, workflowType: workflowType ?? '', attempt, workflowId: workflowExecution?.workflowId ?? '', startedAt: Date.now(), cancellation: ctx.cancellationSignal };
       inFlight.add(entry);
       try {
         return await next(input);
       } finally {
         inFlight.delete(entry);
-        ctx.cancellationSignal.removeEventListener('abort', onAbort);
       }
     },
   },
