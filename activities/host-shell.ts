@@ -754,10 +754,6 @@ export class SshShell implements HostShell {
       if (capture || !stdoutSink) channel.on('data', (c: Buffer) => collector.stdout(c));
       else channel.pipe(stdoutSink);
       channel.stderr.on('data', (c: Buffer) => preamble.push(c));
-      channel.on('exit', (code: number | null, signalName?: string) => {
-        exitCode = code;
-        exitSignal = signalName ?? null;
-      });
       channel.on('error', (err: Error) => finish(() => reject(err)));
       // The outcome from what arrived so far: on the channel's close, or when a stopped command's host never closes it.
       const end = () =>
@@ -776,7 +772,16 @@ export class SshShell implements HostShell {
           }
           resolve(result);
         });
-      channel.on('close', end);
+      // The status comes with the close, not from 'exit': ssh2 parses a whole inbound chunk at once, so a fast
+      // host's session reply, exit status and close can arrive together and emit 'exit' before this listener
+      // exists (the channel is handed over a microtask later). ssh2 keeps the status and passes it to 'close'.
+      channel.on('close', (code?: number | null, signalName?: string) => {
+        if (code !== undefined) {
+          exitCode = code;
+          exitSignal = signalName ?? null;
+        }
+        end();
+      });
       feedStdin(opts.stdin, channel);
     });
     done.catch(() => undefined);
