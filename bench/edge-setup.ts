@@ -1,8 +1,13 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { join } from 'node:path';
 import { Pool } from 'undici';
 import type { HostShells } from '../activities/host-shell.js';
-import { freshDatabase, registerBaseHost, testShells, type TestDatabase } from '../test/support/context.js';
-import { startEdgeWorker, startTestEdge, type RunningEdge } from '../test/support/edge.js';
-import { startHarness, type RunningHarness } from '../test/support/harness.js';
+import { waitFor } from '../infra/dev/processes.js';
+import { repoRoot } from '../lib/paths.js';
+import { freshDatabase, registerBaseHost, testEnvironment, testShells, type TestDatabase } from '../test/support/context.js';
+import { startEdgeWorker } from '../test/support/edge.js';
+import { freePort, startHarness, type HarnessState, type RunningHarness } from '../test/support/harness.js';
 import { hostEnvShell } from '../test/support/netns.js';
 
 /** The stack the edge benchmarks measure: real PostgreSQL, Temporal, worker, podman and the edge. */
@@ -10,7 +15,7 @@ export interface EdgeBench {
   harness: RunningHarness;
   db: TestDatabase;
   shells: HostShells;
-  edge: RunningEdge;
+  edge: { url: string; close(): Promise<void> };
   podman(args: string[]): Promise<string>;
   devLogin(email: string): Promise<{ id: string; cookie: string; operationId: string }>;
   close(): Promise<void>;
@@ -22,7 +27,7 @@ export async function startEdgeBench(): Promise<EdgeBench> {
   const shells = testShells(harness.state);
   await registerBaseHost(db.store, shells);
   const worker = await startEdgeWorker(harness.state, db, shells);
-  const edge = await startTestEdge(harness.state, db, worker.taskQueue);
+  const edge = await startEdgeProcess(harness.state, db, worker.taskQueue);
   const base = hostEnvShell(harness.state.baseHost);
   return {
     harness,
@@ -43,6 +48,55 @@ export async function startEdgeBench(): Promise<EdgeBench> {
       await shells.closeAll();
       await db.drop();
       await harness.teardown();
+    },
+  };
+}
+
+/**
+ * The edge as production runs it: the main command's own entry (api/server.ts) in a process of its own,
+ * with the default log level, so it gets a core the benchmark's load generator does not share (the peers
+ * it is compared with, configurable-http-proxy and Caddy, are separate processes too).
+ */
+async function startEdgeProcess(state: HarnessState, db: TestDatabase, taskQueue: string): Promise<{ url: string; close(): Promise<void> }> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const logFile = join(state.runDir, `edge-${port}.log`);
+  const out = openSync(logFile, 'a');
+  const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'api', 'server.ts')], {
+    cwd: repoRoot,
+    stdio: ['ignore', out, out],
+    env: {
+      ...process.env,
+      DATABASE_URL: db.url,
+      TEMPORAL_ADDRESS: state.temporal.address,
+      TEMPORAL_NAMESPACE: state.temporal.namespace,
+      TEMPORAL_TASK_QUEUE: taskQueue,
+      MARKCO_HOST: '127.0.0.1',
+      MARKCO_PORT: String(port),
+      MARKCO_PUBLIC_URL: `http://localhost:${port}`,
+      MARKCO_DEV_LOGIN: '1',
+      MARKCO_USERS_DIR: testEnvironment(state).usersDir,
+      MARKCO_CADDY_ADMIN_URL: '',
+      MARKCO_LOG_FORMAT: 'json',
+      LOG_LEVEL: 'info',
+    },
+  });
+  closeSync(out);
+  let exited: number | null | undefined;
+  child.once('exit', (code) => (exited = code));
+  await waitFor(`the edge at ${url} (log: ${logFile})`, async () => {
+    if (exited !== undefined) throw new Error(`the edge exited with ${exited}; see ${logFile}`);
+    const res = await fetch(`${url}/api/health`);
+    await res.body?.cancel();
+  }, { timeoutMs: 60_000, intervalMs: 200 });
+  return {
+    url,
+    close: async () => {
+      if (exited !== undefined) return;
+      const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGTERM');
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 15_000))]);
+      if (exited === undefined) child.kill('SIGKILL');
     },
   };
 }

@@ -161,8 +161,12 @@ export function userProxyRoutes(deps: PlatformDeps): FastifyPluginAsync {
         await deps.operations.startLogin({ userId: ownerId }).catch((err: unknown) => req.log.warn({ err }, 'could not start login after a proxy failure'));
       }
     };
-    app.all('/u/:userId', handler);
-    app.all('/u/:userId/*', handler);
+    // An editor's page, its assets and its cells are many requests a second: two info lines for each cost the
+    // proxy about an eighth of its throughput (docs/benchmarks.md, proxy-peers), and the traffic is counted in
+    // the metrics instead (an access log is opt-in in Caddy and configurable-http-proxy too). Warnings and errors still log.
+    const quiet = { logLevel: 'warn' as const };
+    app.all('/u/:userId', quiet, handler);
+    app.all('/u/:userId/*', quiet, handler);
   };
 }
 
