@@ -335,6 +335,8 @@ async function main(): Promise<void> {
       ['GPU idleness ignores busy CPU (only GPU cells count)', { gpuBusyCountsCpu: false }],
       ['idle terminates the host before the S3 upload', { idleTerminateBeforeUpload: true }],
       ['no pre-provision + GPU cells only + terminate before upload', { preProvisionEnabled: false, gpuBusyCountsCpu: false, idleTerminateBeforeUpload: true }],
+      ['reservations kept 5 min once ready (MARKCO_RESERVATION_TTL_S=300)', { reservationTtlMs: 300_000 }],
+      ['reservations kept 2 min once ready (MARKCO_RESERVATION_TTL_S=120)', { reservationTtlMs: 120_000 }],
     ];
     for (const [label, extra] of variants) {
       const fake = createFakeCloud(deploymentId);
