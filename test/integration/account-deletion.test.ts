@@ -16,22 +16,7 @@ import { createS3Client } from '../../lib/aws.js';
 import { decodeOperationId } from '../../lib/operations.js';
 import type { DeleteAccountResult } from '../../workflows/contracts/accounts.js';
 import { codeHintSignal, deleteAccountUpdate, entityStateQuery } from '../../workflows/contracts/runtime-entity.js';
-import {
-  emulatorArchiveBucket,
-  emulatorCredentials,
-  emulatorEc2,
-  freshDatabase,
-  liveInstancesOfUser,
-  registerBaseHost,
-  startTestBootWatcher,
-  startTestWorker,
-  temporalClient,
-  testCloud,
-  testEnvironment,
-  testShells,
-  useHarness,
-  type TestDatabase,
-} from '../support/context.js';
+import { emulatorArchiveBucket, emulatorCredentials, emulatorEc2, freshDatabase, liveInstancesOfUser, registerBaseHost, startTestBootWatcher, startTestWorker, stopTestWorker, temporalClient, testCloud, type TestDatabase, testEnvironment, testShells, useHarness } from '../support/context.js';
 import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
 import { edgeClient, type EdgeAnswer, type TestSession } from '../support/edge-client.js';
 import { hostEnvShell } from '../support/netns.js';
@@ -191,8 +176,7 @@ describe('account deletion', () => {
 
   after(async () => {
     await edge?.close();
-    worker?.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await closeWorker?.();
     for (const id of [userId, bob?.id].filter(Boolean)) {
       await base().run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${id}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
@@ -204,6 +188,7 @@ describe('account deletion', () => {
     await temporal?.close();
     await shells?.closeAll();
     await db?.drop();
+    if (stopped) throw stopped;
   });
 
   test('a stray or wrong request deletes nothing: no confirmation or the wrong email is 400, no session is 401', async () => {

@@ -19,19 +19,7 @@ import { ErrorType, stepQuery, workflowIds, type PreProvisionResult, type ReapIn
 import { reservationClaimedSignal } from '../../workflows/contracts/reservations.js';
 import type { preProvisionHost, provisionHost } from '../../workflows/provision-host.js';
 import type { reapInstances } from '../../workflows/reaper.js';
-import {
-  emulatorEc2,
-  freshDatabase,
-  registerBaseHost,
-  startTestBootWatcher,
-  startTestWorker,
-  temporalClient,
-  testCloud,
-  testEnvironment,
-  testShells,
-  useHarness,
-  type TestDatabase,
-} from '../support/context.js';
+import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, stopTestWorker, temporalClient, testCloud, type TestDatabase, testEnvironment, testShells, useHarness } from '../support/context.js';
 
 /**
  * EC2 hosts end to end on real parts: the EC2 emulator, a boot watcher that boots each running instance
@@ -70,12 +58,12 @@ describe('EC2 hosts on the simulated cloud', () => {
     });
     after(async () => {
       await watcher.stop();
-      worker.shutdown();
-      await running;
+      const stopped = await stopTestWorker(worker, running);
       await closeClient();
       await shells.closeAll();
       ec2.destroy();
       await db.drop();
+      if (stopped) throw stopped;
     });
 
     const newUser = async () => (await db.store.users.ensureByEmail({ email: `ec2-${randomBytes(4).toString('hex')}@example.com` })).user.id;

@@ -13,21 +13,7 @@ import type { ArchiveBucket } from '../../activities/snapshots.js';
 import { waitFor } from '../../infra/dev/processes.js';
 import { entityStateQuery } from '../../workflows/contracts/runtime-entity.js';
 import type { BootWatcher } from '../../infra/dev/simulated-cloud.js';
-import {
-  emulatorArchiveBucket,
-  emulatorEc2,
-  freshDatabase,
-  liveInstancesOfUser,
-  registerBaseHost,
-  startTestBootWatcher,
-  startTestWorker,
-  temporalClient,
-  testCloud,
-  testEnvironment,
-  testShells,
-  useHarness,
-  type TestDatabase,
-} from '../support/context.js';
+import { emulatorArchiveBucket, emulatorEc2, freshDatabase, liveInstancesOfUser, registerBaseHost, startTestBootWatcher, startTestWorker, stopTestWorker, temporalClient, testCloud, type TestDatabase, testEnvironment, testShells, useHarness } from '../support/context.js';
 import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
 import { hostEnvShell, podmanOn } from '../support/netns.js';
 
@@ -159,8 +145,7 @@ describe('idle checkpoint to $0 and the user’s return', () => {
 
   after(async () => {
     await edge?.close();
-    worker?.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await closeWorker?.();
     await hostEnvShell(h.state.baseHost).run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${userId}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
     await watcher?.stop();
@@ -169,6 +154,7 @@ describe('idle checkpoint to $0 and the user’s return', () => {
     await temporal?.close();
     await shells?.closeAll();
     await db?.drop();
+    if (stopped) throw stopped;
   });
 
   test('on an EC2 host: idle puts the archive in S3 and on the base server and terminates the instance; the visit brings back the same process on a host that fits it', async () => {
@@ -302,12 +288,12 @@ describe('idle checkpoint that stops the editor too', () => {
   });
   after(async () => {
     await edge?.close();
-    worker?.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await closeWorker?.();
     await base().run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${userId}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
     await shells?.closeAll();
     await db?.drop();
+    if (stopped) throw stopped;
   });
 
   test('both containers go (no S3 configured: the archive stays on the base server); the visit brings both back with x intact', async () => {

@@ -9,7 +9,7 @@ import type { HostShells } from '../../activities/host-shell.js';
 import { waitFor } from '../../infra/dev/processes.js';
 import type { BootWatcher } from '../../infra/dev/simulated-cloud.js';
 import { createOperations, type Operations } from '../../lib/operations.js';
-import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, stopTestWorker, temporalClient, testCloud, type TestDatabase, testEnvironment, testShells, useHarness } from '../support/context.js';
 import { entityStateQuery } from '../../workflows/contracts/runtime-entity.js';
 import { hostEnvShell } from '../support/netns.js';
 
@@ -74,8 +74,7 @@ describe('migration failures and the critical path', () => {
     });
 
     after(async () => {
-      worker?.shutdown();
-      await running;
+      const stopped = await stopTestWorker(worker, running);
       await closeWorker?.();
       await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
       await watcher?.stop();
@@ -83,6 +82,7 @@ describe('migration failures and the critical path', () => {
       await temporal?.close();
       await shells?.closeAll();
       await db?.drop();
+      if (stopped) throw stopped;
     });
 
     test('the target restore fails: the runtime still answers on the source, unpaused, and no instance of ours is left', async () => {

@@ -11,7 +11,7 @@ import { createOperations, type Operations } from '../../lib/operations.js';
 import { defaultTierLadder } from '../../lib/tiers.js';
 import type { MigrateRuntimeResult } from '../../workflows/contracts/elastic.js';
 import type { LoginResult } from '../../workflows/contracts/user-environment.js';
-import { connectionTo, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { connectionTo, freshDatabase, registerBaseHost, startTestWorker, stopTestWorker, temporalClient, type TestDatabase, testShells, useHarness } from '../support/context.js';
 import { hostEnvShell, podmanOn, storageConf } from '../support/netns.js';
 
 /**
@@ -88,11 +88,11 @@ describe('migration between registered hosts', () => {
   after(async () => {
     await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
     await podmanOn(h.state.hosts[0]!, ['rm', '--force', '--time', '0', `rt-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
-    worker.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await temporal.close();
     await shells.closeAll();
     await db.drop();
+    if (stopped) throw stopped;
   });
 
   test('x survives base -> host -> base, with the tier limit in the cgroup and one copy left', async () => {

@@ -13,7 +13,7 @@ import { createOperations, type Operations } from '../../lib/operations.js';
 import { connectionOf } from '../../lib/store.js';
 import { defaultTierLadder } from '../../lib/tiers.js';
 import { entityStateQuery } from '../../workflows/contracts/runtime-entity.js';
-import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, stopTestWorker, temporalClient, testCloud, type TestDatabase, testShells, useHarness } from '../support/context.js';
 import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
 import { hostEnvShell, podmanOn } from '../support/netns.js';
 
@@ -133,8 +133,7 @@ describe('elastic compute: pressure, pre-provision and migration through the edg
 
     after(async () => {
       await edge?.close();
-      worker?.shutdown();
-      await running;
+      const stopped = await stopTestWorker(worker, running);
       await closeWorker?.();
       await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
       await watcher?.stop();
@@ -142,6 +141,7 @@ describe('elastic compute: pressure, pre-provision and migration through the edg
       await temporal?.close();
       await shells?.closeAll();
       await db?.drop();
+      if (stopped) throw stopped;
     });
 
     test('hop 1, base -> EC2: 50% reserves the next tier, then five 75% events make one migration onto the reserved host', async () => {

@@ -7,7 +7,7 @@ import type { Worker } from '@temporalio/worker';
 import type { HostShells } from '../../activities/host-shell.js';
 import { ErrorType, SearchAttr, stepQuery, workflowIds, type RegisterHostInput } from '../../workflows/contracts/index.js';
 import type { registerHost } from '../../workflows/register-host.js';
-import { freshDatabase, startTestWorker, temporalClient, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { freshDatabase, startTestWorker, stopTestWorker, temporalClient, type TestDatabase, testShells, useHarness } from '../support/context.js';
 
 /** registerHost on the real Temporal server, with the real activities: ssh2 to a namespace host, PostgreSQL. */
 describe('registerHost workflow', () => {
@@ -28,11 +28,11 @@ describe('registerHost workflow', () => {
     running = worker.run();
   });
   after(async () => {
-    worker.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await closeClient();
     await shells.closeAll();
     await db.drop();
+    if (stopped) throw stopped;
   });
 
   const inputFor = (index: number, overrides: Partial<RegisterHostInput> = {}): RegisterHostInput => {

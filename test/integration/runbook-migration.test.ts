@@ -16,9 +16,8 @@ import { waitFor } from '../../infra/dev/processes.js';
 import type { BootWatcher } from '../../infra/dev/simulated-cloud.js';
 import { defaultToolsDir, repoRoot } from '../../lib/paths.js';
 import { launchChromium } from '../support/chromium.js';
-import { connectionTo, emulatorEc2, freshDatabase, liveInstancesOfUser, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { connectionTo, emulatorEc2, freshDatabase, liveInstancesOfUser, registerBaseHost, startTestBootWatcher, startTestWorker, stopTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from '../support/context.js';
 import { cutNetwork, hostEnvShell, storageConf } from '../support/netns.js';
-import { activitiesInFlight } from '../../workers/worker.js';
 import { runbookCommands, shellWords } from '../support/runbook.js';
 
 /**
@@ -72,13 +71,9 @@ describe('docs/runbook.md: migrate and cancel as written', () => {
     mark('workflows of the user terminated');
     await reconnectHost?.().catch(() => undefined);
     await browser?.close().catch(() => undefined);
-    worker?.shutdown();
     // A test worker is force-stopped 30 s after its shutdown: the activity that kept it is named, the cleanup
     // below still runs, and the file fails at the end.
-    const forced = await running.then(
-      () => undefined,
-      (err: Error) => new Error(`the worker was force-stopped (${err.message}); in flight: ${JSON.stringify(activitiesInFlight())}`),
-    );
+    const forced = await stopTestWorker(worker, running);
     mark(forced ? forced.message : 'worker stopped');
     for (const host of [h.state.baseHost, ...h.state.hosts]) await hostEnvShell(host).run(['podman', 'rm', '--force', '--ignore', '--time', '0', `rt-${userId}`, `ed-${userId}`]).catch(() => undefined);
     mark('containers removed');

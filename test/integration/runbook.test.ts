@@ -7,7 +7,7 @@ import type { HostShells } from '../../activities/host-shell.js';
 import { resolveTemporalCli } from '../../infra/dev/prerequisites.js';
 import { defaultToolsDir } from '../../lib/paths.js';
 import { hostEnvShell } from '../support/netns.js';
-import { freshDatabase, startTestWorker, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { freshDatabase, startTestWorker, stopTestWorker, type TestDatabase, testShells, useHarness } from '../support/context.js';
 import { runbookCommands, shellWords } from '../support/runbook.js';
 
 /** The runbook's own command lines, run as written (plus --address) against a real server and worker. */
@@ -27,10 +27,10 @@ describe('docs/runbook.md', () => {
     running = worker.run();
   });
   after(async () => {
-    worker.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await shells.closeAll();
     await db.drop();
+    if (stopped) throw stopped;
   });
 
   // Asynchronous: the worker serving these commands runs in this very process.

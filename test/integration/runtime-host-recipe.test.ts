@@ -13,7 +13,7 @@ import type { MigrateRuntimeResult } from '../../workflows/contracts/elastic.js'
 import { workflowIds, type RegisterHostInput } from '../../workflows/contracts/index.js';
 import type { LoginResult } from '../../workflows/contracts/user-environment.js';
 import type { registerHost } from '../../workflows/register-host.js';
-import { freshDatabase, registerBaseHost, startTestWorker, temporalClient, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { freshDatabase, registerBaseHost, startTestWorker, stopTestWorker, temporalClient, type TestDatabase, testShells, useHarness } from '../support/context.js';
 import { imageArchive } from '../support/harness.js';
 import { runMarkerEnv } from '../support/leftovers.js';
 import { hostEnvShell } from '../support/netns.js';
@@ -89,12 +89,12 @@ describe('the runtime-host recipe on a debootstrap root', () => {
   after(async () => {
     if (host) await destroyDebootstrapHost(host);
     await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${userId}`, `ed-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
-    worker?.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await temporal?.close();
     await shells?.closeAll();
     await db?.drop();
     console.log(`runtime-host recipe timings: ${JSON.stringify(timings)}`);
+    if (stopped) throw stopped;
   });
 
   test('registerHost probes the host over ssh2 and records the debootstrap root\'s podman, runc and CRIU', async () => {

@@ -13,7 +13,7 @@ import { removeSandboxNetworkArgs } from '../../activities/podman-commands.js';
 import { sandboxNetworkName, type ArchiveBucket } from '../../activities/snapshots.js';
 import { waitFor } from '../../infra/dev/processes.js';
 import { ensureSandboxExpirySchedule } from '../../lib/schedules.js';
-import { connectionTo, emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { connectionTo, emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, stopTestWorker, temporalClient, type TestDatabase, testEnvironment, testShells, useHarness } from '../support/context.js';
 import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
 import { hostEnvShell, machineImageStore, podmanOn, storageConf } from '../support/netns.js';
 
@@ -105,14 +105,14 @@ describe('named snapshots and sandbox forks', () => {
       await base().run(removeSandboxNetworkArgs(sandboxNetworkName(s.id), sandboxNetworkName(s.id))).catch(() => undefined);
     }
     await edge?.close();
-    worker?.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await closeWorker?.();
     await base().run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${userId}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
     await temporal?.close();
     archives?.s3.destroy();
     await shells?.closeAll();
     await db?.drop();
+    if (stopped) throw stopped;
   });
 
   test("snapshot 'before' at x = 1, x = 2, restore 'before': x is 1, and restoring it again works", async () => {

@@ -17,7 +17,7 @@ import { createEc2Client, createS3Client } from '../../lib/aws.js';
 import type { CloudConfig } from '../../lib/config.js';
 import { createPool } from '../../lib/db.js';
 import { createStore, type Store } from '../../lib/store.js';
-import { createWorker, entitySignals } from '../../workers/worker.js';
+import { activitiesInFlight, createWorker, entitySignals } from '../../workers/worker.js';
 import type { HostConnection } from '../../workflows/contracts/hosts.js';
 import { harnessStateEnv, startHarness, type HarnessState, type RunningHarness } from './harness.js';
 import type { NamespaceHostInfo } from './netns.js';
@@ -226,4 +226,18 @@ export async function startTestWorker(
     await clientConnection.close();
   };
   return { worker, taskQueue, connection };
+}
+
+/**
+ * Stops a test worker and waits for it. A worker force-stopped after its shutdown grace (an activity that
+ * ignored its cancellation: a bug) does not throw here: the error comes back, naming the activities still
+ * in flight, so the caller's teardown removes what the test made first and then throws it.
+ */
+export async function stopTestWorker(worker: Worker | undefined, running: Promise<void> | undefined): Promise<Error | undefined> {
+  if (!worker || !running) return undefined;
+  if (worker.getState() === 'RUNNING') worker.shutdown();
+  return running.then(
+    () => undefined,
+    (err: Error) => new Error(`the worker was force-stopped (${err.message}); in flight: ${JSON.stringify(activitiesInFlight())}`),
+  );
 }

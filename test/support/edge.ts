@@ -14,7 +14,7 @@ import { createPlatform } from '../../api/server.js';
 import type { HostShells } from '../../activities/host-shell.js';
 import { createLogger, type Logger } from '../../lib/logger.js';
 import type { HarnessState } from './harness.js';
-import { startTestWorker, testEnvironment, type TestDatabase } from './context.js';
+import { startTestWorker, stopTestWorker, type TestDatabase, testEnvironment } from './context.js';
 
 export const testAdminToken = `test-admin-${randomBytes(16).toString('hex')}`;
 
@@ -77,9 +77,9 @@ export async function startEdgeWorker(state: HarnessState, db: TestDatabase, she
   return {
     taskQueue: started.taskQueue,
     stop: async () => {
-      worker.shutdown();
-      await running;
+      const stopped = await stopTestWorker(worker, running);
       await started.connection.close();
+      if (stopped) throw stopped;
     },
   };
 }

@@ -10,7 +10,7 @@ import { waitFor } from '../../infra/dev/processes.js';
 import type { BootWatcher } from '../../infra/dev/simulated-cloud.js';
 import type { GpuSettings } from '../../lib/tiers.js';
 import type { ResourceMonitorInput } from '../../workflows/monitor.js';
-import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, temporalClient, testCloud, testShells, useHarness, type TestDatabase } from './context.js';
+import { emulatorEc2, freshDatabase, registerBaseHost, startTestBootWatcher, startTestWorker, stopTestWorker, temporalClient, testCloud, type TestDatabase, testShells, useHarness } from './context.js';
 import { startTestEdge, type RunningEdge } from './edge.js';
 import { hostEnvShell } from './netns.js';
 
@@ -55,8 +55,7 @@ export function monitoredStack(monitorInput: ResourceMonitorInput, opts: { cloud
   after(async () => {
     await s.temporal?.client.workflow.getHandle(monitorId).terminate('test over').catch(() => undefined);
     await s.edge?.close();
-    worker?.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await closeWorker?.();
     for (const u of s.users) {
       await hostEnvShell(h.state.baseHost).run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${u.id}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
@@ -66,6 +65,7 @@ export function monitoredStack(monitorInput: ResourceMonitorInput, opts: { cloud
     await s.temporal?.close();
     await s.shells?.closeAll();
     await s.db?.drop();
+    if (stopped) throw stopped;
   });
 
   const signIn = async (email: string) => {
