@@ -129,13 +129,13 @@ async function ensureContainer(
 // No keep-alive towards runtimes: CRIU cannot checkpoint a process holding established TCP connections.
 const oneShot = new Agent({ pipelining: 0, connect: { timeout: 3000 } });
 
-async function httpOk(url: string, init: { method?: 'GET' | 'POST'; body?: unknown } = {}): Promise<boolean> {
+async function httpOk(url: string, init: { method?: 'GET' | 'POST'; body?: unknown; timeoutMs?: number } = {}): Promise<boolean> {
   try {
     const res = await request(url, {
       method: init.method ?? 'GET',
       dispatcher: oneShot,
-      headersTimeout: 5000,
-      bodyTimeout: 5000,
+      headersTimeout: init.timeoutMs ?? 5000,
+      bodyTimeout: init.timeoutMs ?? 5000,
       ...(init.body === undefined ? {} : { body: JSON.stringify(init.body), headers: { 'content-type': 'application/json' } }),
     });
     await res.body.text();
@@ -245,6 +245,26 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
     await store.events.append({ type: event, source: 'worker', userId: row.userId, runtimeId: row.id, hostId: row.hostId, ...(payload ? { payload } : {}) });
   }
 
+  /**
+   * A signed-in user whose runtime and editor already run is most logins (every visit to the dashboard):
+   * when the rows agree (the editor points at this runtime) and both answer their health checks right
+   * now, the login has nothing to make, and answering here saves its five further activities. The editor
+   * is told the runtime's address again, as readyEditor does (a restarted editor forgets it). Anything
+   * else, or any check failing, leaves the login to its full path, which looks before it makes.
+   */
+  async function warmPlacements(runtime: RuntimeRecord, editorAddress: string): Promise<LoginPlan['ready']> {
+    const editor = await store.editors.live(runtime.userId);
+    if (!editor || editor.state !== 'running' || !runtime.address || !runtime.port || !editor.port) return undefined;
+    if (editor.runtimeId !== runtime.id || editor.runtimeHost !== runtime.address || editor.runtimePort !== runtime.port) return undefined;
+    const editorBase = `http://${editorAddress}:${editor.port}`;
+    // A healthy container answers in milliseconds; one that does not is the full path's to wait for.
+    const timeoutMs = 2000;
+    const [runtimeUp, editorUp] = await Promise.all([httpOk(`http://${runtime.address}:${runtime.port}/mrp/v1/capabilities`, { timeoutMs }), httpOk(`${editorBase}/health`, { timeoutMs })]);
+    if (!runtimeUp || !editorUp) return undefined;
+    if (!(await httpOk(`${editorBase}/api/runtime/update-port`, { method: 'POST', body: { port: runtime.port, host: runtime.address }, timeoutMs }))) return undefined;
+    return { runtime: runtimePlacement(runtime), editor: editorPlacement(editor, editorAddress) };
+  }
+
   return {
     /** Who the user is and where their containers go: the host their runtime is on, else the base server. */
     async planLogin(input: { userId: string; plan?: Plan }): Promise<LoginPlan> {
@@ -263,12 +283,14 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
       const runtimeHostId = (!checkpointed && runtime?.hostId) || env.baseHostId;
       const editorHost = await store.hosts.get(env.baseHostId);
       if (!editorHost) fail(ErrorType.NotFound, `the base host ${env.baseHostId} is not registered (run the registerHost workflow for it)`);
+      const ready = runtime?.state === 'running' && !(input.plan && input.plan !== user.plan) ? await warmPlacements(runtime, reachableAddressOf(editorHost)) : undefined;
       return {
         user: { id: user.id, name: user.name, email: user.email, plan },
         runtimeHostId,
         checkpointed,
         editorHostId: env.baseHostId,
         containerUser: containerUserFor(editorHost.facts),
+        ...(ready ? { ready } : {}),
       };
     },
 

@@ -78,6 +78,12 @@ export async function login(input: LoginInput): Promise<LoginResult> {
       });
       plan = await db.planLogin({ userId: input.userId });
     }
+    if (plan.ready) {
+      step = 'done';
+      await db.appendEvent({ type: 'user.login-ready', userId: input.userId, workflowId, payload: { runtimeHost: plan.ready.runtime.hostId, warm: true } });
+      setStatus('completed');
+      return { userId: input.userId, runtime: plan.ready.runtime, editor: plan.ready.editor, homeInitialized: false, timings: { runtimeReadyMs: 0, editorReadyMs: 0 } };
+    }
     const { uid, gid } = plan.containerUser;
     step = 'prepare-home';
     const hostsOfUser = [...new Set([plan.runtimeHostId, plan.editorHostId])];

@@ -9,7 +9,7 @@ import type { HostShells } from '../../activities/host-shell.js';
 import { containerUserFor } from '../../activities/user-containers.js';
 import { createOperations, type Operations } from '../../lib/operations.js';
 import type { LoginResult } from '../../workflows/contracts/user-environment.js';
-import { freshDatabase, registerBaseHost, startTestWorker, temporalClient, testEnvironment, testShells, useHarness, type TestDatabase } from '../support/context.js';
+import { freshDatabase, registerBaseHost, startTestWorker, stopTestWorker, temporalClient, type TestDatabase, testEnvironment, testShells, useHarness } from '../support/context.js';
 import { hostEnvShell } from '../support/netns.js';
 
 /**
@@ -49,11 +49,11 @@ describe('login workflow', () => {
 
   after(async () => {
     for (const name of await containersOf(userId).catch(() => [])) await podman(['rm', '--force', '--time', '0', name.split(' ')[0]!]).catch(() => undefined);
-    worker.shutdown();
-    await running;
+    const stopped = await stopTestWorker(worker, running);
     await temporal.close();
     await shells.closeAll();
     await db.drop();
+    if (stopped) throw stopped;
   });
 
   test('two concurrent logins of one user run as one and leave one runtime and one editor', async () => {
@@ -97,10 +97,33 @@ describe('login workflow', () => {
   test('a second login is warm: the same containers and ports, nothing made again', async () => {
     const before = (await db.store.runtimes.live(userId))!;
     const createdBefore = JSON.parse((await podman(['container', 'inspect', `rt-${userId}`])).stdout)[0].Created;
-    const result = (await (await ops.startLogin({ userId })).handle.result()) as LoginResult;
+    const { handle } = await ops.startLogin({ userId });
+    const result = (await handle.result()) as LoginResult;
     assert.equal(result.runtime.runtimeId, before.id);
     assert.equal(result.runtime.port, before.port);
     assert.equal(JSON.parse((await podman(['container', 'inspect', `rt-${userId}`])).stdout)[0].Created, createdBefore);
+    // What an operator sees in the run: the plan found both up and answering, so nothing else ran.
+    const history = await handle.fetchHistory();
+    const activities = (history.events ?? []).flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
+    assert.deepEqual(activities, ['planLogin', 'appendEvent']);
+    const seen = (await (await request(`http://127.0.0.1:${result.editor.port}/api/runtime`)).body.json()) as { port: number };
+    assert.equal(seen.port, result.runtime.port, 'the editor still points at the runtime');
+  });
+
+  test('a warm-looking login whose runtime stopped answering takes the full path and brings it back', async () => {
+    const before = (await db.store.runtimes.live(userId))!;
+    // The rows still say running; the container is stopped behind their back (as a crash would leave it).
+    await podman(['stop', '--time', '0', `rt-${userId}`]);
+    const { handle } = await ops.startLogin({ userId });
+    const result = (await handle.result()) as LoginResult;
+    assert.equal(result.runtime.runtimeId, before.id);
+    assert.ok((await containersOf(userId)).includes(`rt-${userId} running`), 'the runtime runs again');
+    const mrp = await request(`http://${result.runtime.address}:${result.runtime.port}/mrp/v1/capabilities`);
+    assert.equal(mrp.statusCode, 200);
+    await mrp.body.dump();
+    const history = await handle.fetchHistory();
+    const activities = (history.events ?? []).flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
+    assert.ok(activities.includes('ensureRuntime') && activities.includes('readyEditor'), activities.join(', '));
   });
 
   test('after the runtime is stopped, the next login makes a new one and re-points the editor', async () => {

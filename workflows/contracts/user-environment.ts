@@ -15,6 +15,11 @@ export interface LoginPlan {
   editorHostId: string;
   /** Who the user's processes run as on these hosts (see HostFacts.rootHasSysResource). */
   containerUser: { uid: number; gid: number };
+  /**
+   * A warm login: both containers run and answer, and the editor was told the runtime's address again.
+   * Nothing is left to make; the workflow finishes with these placements.
+   */
+  ready?: { runtime: RuntimePlacement; editor: EditorPlacement };
 }
 
 export interface RuntimePlacement {
