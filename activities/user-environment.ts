@@ -7,7 +7,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { posix } from 'node:path';
-import { Agent, request } from 'undici';
+import { environmentAnswers, httpOk } from '../lib/environment-probe.js';
 import { reachableAddressOf, type HostRecord, type Store } from '../lib/store.js';
 import type { EditorRecord, RuntimeRecord } from '../lib/runtime-store.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
@@ -126,25 +126,6 @@ async function ensureContainer(
   throw new Error(`container ${name} could not be started after 5 attempts`);
 }
 
-// No keep-alive towards runtimes: CRIU cannot checkpoint a process holding established TCP connections.
-const oneShot = new Agent({ pipelining: 0, connect: { timeout: 3000 } });
-
-async function httpOk(url: string, init: { method?: 'GET' | 'POST'; body?: unknown; timeoutMs?: number } = {}): Promise<boolean> {
-  try {
-    const res = await request(url, {
-      method: init.method ?? 'GET',
-      dispatcher: oneShot,
-      headersTimeout: init.timeoutMs ?? 5000,
-      bodyTimeout: init.timeoutMs ?? 5000,
-      ...(init.body === undefined ? {} : { body: JSON.stringify(init.body), headers: { 'content-type': 'application/json' } }),
-    });
-    await res.body.text();
-    return res.statusCode >= 200 && res.statusCode < 300;
-  } catch {
-    return false;
-  }
-}
-
 async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<number> {
   const started = Date.now();
   let delay = 50;
@@ -246,22 +227,14 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
   }
 
   /**
-   * A signed-in user whose runtime and editor already run is most logins (every visit to the dashboard):
-   * when the rows agree (the editor points at this runtime) and both answer their health checks right
-   * now, the login has nothing to make, and answering here saves its five further activities. The editor
-   * is told the runtime's address again, as readyEditor does (a restarted editor forgets it). Anything
-   * else, or any check failing, leaves the login to its full path, which looks before it makes.
+   * A signed-in user whose runtime and editor already run is most logins: when both answer right now
+   * (lib/environment-probe.ts, the same evidence the edge's sign-in uses), the login has nothing to make,
+   * and answering here saves its five further activities. Anything else, or any check failing, leaves
+   * the login to its full path, which looks before it makes.
    */
   async function warmPlacements(runtime: RuntimeRecord, editorAddress: string): Promise<LoginPlan['ready']> {
     const editor = await store.editors.live(runtime.userId);
-    if (!editor || editor.state !== 'running' || !runtime.address || !runtime.port || !editor.port) return undefined;
-    if (editor.runtimeId !== runtime.id || editor.runtimeHost !== runtime.address || editor.runtimePort !== runtime.port) return undefined;
-    const editorBase = `http://${editorAddress}:${editor.port}`;
-    // A healthy container answers in milliseconds; one that does not is the full path's to wait for.
-    const timeoutMs = 2000;
-    const [runtimeUp, editorUp] = await Promise.all([httpOk(`http://${runtime.address}:${runtime.port}/mrp/v1/capabilities`, { timeoutMs }), httpOk(`${editorBase}/health`, { timeoutMs })]);
-    if (!runtimeUp || !editorUp) return undefined;
-    if (!(await httpOk(`${editorBase}/api/runtime/update-port`, { method: 'POST', body: { port: runtime.port, host: runtime.address }, timeoutMs }))) return undefined;
+    if (!editor || !(await environmentAnswers(runtime, editor, editorAddress))) return undefined;
     return { runtime: runtimePlacement(runtime), editor: editorPlacement(editor, editorAddress) };
   }
 

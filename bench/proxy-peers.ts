@@ -68,7 +68,7 @@ const children: ChildProcess[] = [];
 const scratch = mkdtempSync(join(tmpdir(), 'markco-proxy-peers-'));
 try {
   const user = await bench.devLogin('proxy-peers@example.test');
-  await request(`${bench.edge.url}/api/operations/${user.operationId}?wait=120`, { headers: { cookie: user.cookie } }).then((r) => r.body.json());
+  if (user.operationId) await request(`${bench.edge.url}/api/operations/${user.operationId}?wait=120`, { headers: { cookie: user.cookie } }).then((r) => r.body.json());
   const editor = (await bench.db.store.editors.live(user.id))!;
   const upstream = `http://127.0.0.1:${editor.port}`;
   const prefix = `/u/${user.id}`;

@@ -46,7 +46,7 @@ async function executeMilliseconds(url: string, headers: Record<string, string>,
 
 try {
   const user = await bench.devLogin('proxy-bench@example.test');
-  await request(`${bench.edge.url}/api/operations/${user.operationId}?wait=120`, { headers: { cookie: user.cookie } }).then((r) => r.body.json());
+  if (user.operationId) await request(`${bench.edge.url}/api/operations/${user.operationId}?wait=120`, { headers: { cookie: user.cookie } }).then((r) => r.body.json());
   const editor = (await bench.db.store.editors.live(user.id))!;
   const runtime = (await bench.db.store.runtimes.live(user.id))!;
   const direct = `http://127.0.0.1:${editor.port}`;

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync, FastifyReply } from 'fastify';
 import { z } from 'zod';
-import type { UserRecord } from '../../lib/accounts.js';
+import { environmentOf, publicUser } from '../environment.js';
 import { requireUser, sessionTokenOf, wantsHtml } from '../auth.js';
 import { safeNextPath } from '../../lib/identities.js';
 import { accountBeingDeleted } from './sign-in.js';
@@ -12,29 +12,6 @@ export const DevLoginBody = z.strictObject({
   email: z.email('expected an email address').max(254),
   name: z.string().trim().min(1).max(200).optional(),
 });
-
-export function publicUser(u: UserRecord) {
-  return { id: u.id, email: u.email, username: u.username, name: u.name, plan: u.plan };
-}
-
-/** The state the dashboard shows; starts the login workflow when the user's containers are not both running. */
-export async function environmentOf(deps: PlatformDeps, user: UserRecord) {
-  const [runtime, editor] = await Promise.all([deps.store.runtimes.live(user.id), deps.store.editors.live(user.id)]);
-  // The editor counts as ready only once it has been told where the current runtime is.
-  const editorReady = editor?.state === 'running' && runtime !== undefined && editor.runtimePort === runtime.port && editor.runtimeHost === runtime.address;
-  let operationId: string | undefined;
-  if (runtime?.state !== 'running' || !editorReady) {
-    operationId = (await deps.operations.startLogin({ userId: user.id })).operationId;
-  }
-  return {
-    user: publicUser(user),
-    runtime: runtime
-      ? { state: runtime.state, host: runtime.hostId, port: runtime.port, tier: runtime.tier, memory_limit_bytes: runtime.memoryLimitBytes, cpu_limit: runtime.cpuLimit }
-      : { state: 'starting', host: null, port: null, tier: null },
-    editor: { state: editorReady ? 'running' : editor?.state === 'failed' ? 'failed' : 'starting', url: `/u/${user.id}/` },
-    ...(operationId ? { operation_id: operationId } : {}),
-  };
-}
 
 function dashboardPage(view: Awaited<ReturnType<typeof environmentOf>>, csrfField: string): string {
   const ready = view.runtime.state === 'running' && view.editor.state === 'running';
@@ -82,9 +59,9 @@ export function sessionRoutes(deps: PlatformDeps): FastifyPluginAsync {
         if (await deps.store.accountDeletion.isDeleting(user.id)) return reply.code(403).send({ error: 'forbidden', message: accountBeingDeleted });
         const session = await deps.store.sessions.create(user.id, { userAgent: req.headers['user-agent'], ip: req.ip });
         reply.header('set-cookie', deps.auth.cookie(session.token, session.expiresAt));
-        // The containers start while the browser follows the redirect to the dashboard.
-        const { operationId } = await deps.operations.startLogin({ userId: user.id });
-        return reply.send({ user: publicUser(user), operation_id: operationId });
+        // Ready at once when both containers answer; else they start while the browser follows the
+        // redirect to the dashboard, and operation_id is the login to wait for.
+        return reply.send(await environmentOf(deps, user));
       });
     } else {
       app.post('/auth/dev/login', async (_req, reply) => reply.code(404).send({ error: 'not found', message: 'the development login is disabled (MARKCO_DEV_LOGIN is not set)' }));

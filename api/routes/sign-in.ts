@@ -2,6 +2,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { safeNextPath, SignInRefused } from '../../lib/identities.js';
 import type { UserRecord } from '../../lib/accounts.js';
+import { environmentOf } from '../environment.js';
 import { escapeHtml, page } from '../html.js';
 import type { PlatformDeps } from '../platform.js';
 import { magicLinkRateLimit, signInRateLimit } from '../rate-limits.js';
@@ -55,8 +56,8 @@ export function signInRoutes(deps: PlatformDeps): FastifyPluginAsync {
     const session = await deps.store.sessions.create(user.id, { userAgent: req.headers['user-agent'], ip: req.ip });
     reply.header('set-cookie', deps.auth.cookie(session.token, session.expiresAt));
     await deps.store.events.append({ type: 'user.signed-in', source: 'edge', userId: user.id, payload: how });
-    // The containers start while the browser follows the redirect.
-    await deps.operations.startLogin({ userId: user.id }).catch((err: unknown) => req.log.warn({ err }, 'could not start the login workflow after sign-in'));
+    // Unless both containers answer already, they start while the browser follows the redirect.
+    await environmentOf(deps, user).catch((err: unknown) => req.log.warn({ err }, 'could not start the login workflow after sign-in'));
     return reply.redirect(safeNextPath(nextPath), 302);
   }
 

@@ -254,6 +254,29 @@ describe('the edge: login, dashboard, /u/<id>/ proxy and the compute API', () =>
     assert.equal(runtimes.rows[0].n, 1, 'nothing was started again');
   });
 
+  test('signing in while both containers answer is ready at once with no workflow; a runtime gone behind its rows makes the sign-in start one', async () => {
+    const loginRuns = async () => (await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM events WHERE user_id = $1 AND type = 'user.login-ready'`, [a.id])).rows[0]!.n;
+    const runsBefore = await loginRuns();
+    const warm = await call('/auth/dev/login', { body: { email: 'ada@example.test' } });
+    assert.equal(warm.status, 200, warm.text);
+    assert.equal(warm.json.editor.state, 'running', warm.text);
+    assert.equal(warm.json.runtime.port, runtimePort);
+    assert.equal(warm.json.operation_id, undefined, 'nothing to make, so no login workflow');
+    assert.equal((await mrp(a, a.id, 'execute', { code: 'x' })).json.result, '42', 'the same runtime keeps serving');
+
+    // The rows still say running, but the runtime's container is gone: the probe sees it, the login runs.
+    await hostEnvShell(h.state.baseHost).run(['podman', 'rm', '--force', '--time', '0', `rt-${a.id}`]);
+    const cold = await call('/auth/dev/login', { body: { email: 'ada@example.test' } });
+    assert.equal(cold.status, 200, cold.text);
+    assert.equal(cold.json.editor.state, 'starting', cold.text);
+    assert.ok(cold.json.operation_id, 'the sign-in starts the login workflow');
+    const op = await call(`/api/operations/${cold.json.operation_id}?wait=90`, { headers: { authorization: `Bearer ${testAdminToken}` } });
+    assert.equal(op.json.status, 'completed', op.text);
+    assert.equal(await loginRuns(), runsBefore + 1, 'exactly one login ran, for the sign-in that found the runtime gone');
+    runtimePort = op.json.result.runtime.port;
+    assert.equal((await mrp(a, a.id, 'execute', { code: '6 * 7' })).json?.result, '42', 'a runtime answers again through the edge');
+  });
+
   test('when the runtime is stopped, the dashboard brings it back and the editor follows it', async () => {
     const admin = { authorization: `Bearer ${testAdminToken}` };
     const stopped = await call(`/api/runtimes/${a.id}?wait=60`, { method: 'DELETE', headers: admin });
