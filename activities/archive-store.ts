@@ -20,7 +20,7 @@ import { writeStreamToHost, type TransferProgress, type TransferResult } from '.
 /**
  * Checkpoint archives kept in S3 while a runtime is idle (its host terminated: $0 compute). Archives
  * stream from a host's file into a multipart upload and back into a host's file; no copy lands on the
- * worker's disk, and only one part at a time is held in memory.
+ * worker's disk, and only a few parts at a time are held in memory.
  */
 export interface ArchiveStoreOptions {
   bucket: string;
@@ -28,6 +28,8 @@ export interface ArchiveStoreOptions {
   encryption: ArchiveEncryption;
   /** Bytes per part: at least S3's 5 MiB minimum; 10,000 parts at most, so 64 MiB parts hold 625 GiB. */
   partBytes?: number;
+  /** Parts uploading at once while the next is read and hashed; memory holds this many parts plus one. */
+  partsInFlight?: number;
 }
 
 export type ArchiveEncryption = { kind: 'none' } | { kind: 'AES256' } | { kind: 'aws:kms'; keyId?: string };
@@ -43,6 +45,7 @@ export interface StoredArchive {
 const minPartBytes = 5 * 1024 * 1024;
 const defaultPartBytes = 64 * 1024 * 1024;
 const maxParts = 10_000;
+const defaultPartsInFlight = 4;
 
 function assertKeyPart(name: string, value: string): void {
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(value)) throw new Error(`${name} ${JSON.stringify(value)} cannot be part of an archive key (letters, digits, - and _ only)`);
@@ -68,7 +71,8 @@ function encryptionParams(e: ArchiveEncryption): { ServerSideEncryption?: 'AES25
 
 /**
  * Uploads a file of a host as a multipart object. Each part carries its SHA-256, which S3 checks on
- * receipt; the whole archive's SHA-256 comes back for the caller to record. Any failure aborts the
+ * receipt; the whole archive's SHA-256 comes back for the caller to record. Up to `partsInFlight` parts
+ * upload at once while the next is read. Any failure aborts the
  * multipart upload, so no invisible parts are left to be billed.
  */
 export async function uploadArchiveFromHost(
@@ -105,9 +109,10 @@ export async function uploadArchiveFromHost(
   const whole = createHash('sha256');
   const parts: CompletedPart[] = [];
   let bytes = 0;
+  let partsStarted = 0;
   const sendPart = async (chunks: Buffer[]) => {
     const body = Buffer.concat(chunks);
-    const partNumber = parts.length + 1;
+    const partNumber = ++partsStarted;
     if (partNumber > maxParts) throw new Error(`the archive needs more than ${maxParts} parts of ${partBytes} bytes; raise partBytes`);
     const checksum = createHash('sha256').update(body).digest('base64');
     const out = await s3.send(
@@ -118,10 +123,23 @@ export async function uploadArchiveFromHost(
     bytes += body.length;
     args.onProgress?.({ bytes, elapsedMs: Date.now() - started });
   };
+  const inFlight = new Set<Promise<void>>();
+  let partFailure: unknown;
+  const startPart = (chunks: Buffer[]) => {
+    const sending: Promise<void> = sendPart(chunks).then(
+      () => void inFlight.delete(sending),
+      (err: unknown) => {
+        inFlight.delete(sending);
+        partFailure ??= err;
+      },
+    );
+    inFlight.add(sending);
+  };
+  const partsInFlight = store.partsInFlight ?? defaultPartsInFlight;
   try {
     let pending: Buffer[] = [];
     let pendingBytes = 0;
-    // Reading pauses while a part uploads: the host's `cat` waits, memory stays at one part.
+    // Reading pauses while the allowed parts upload: the host's `cat` waits, memory stays bounded.
     for await (const chunk of reader.stdout as AsyncIterable<Buffer>) {
       whole.update(chunk);
       pending.push(chunk);
@@ -130,12 +148,17 @@ export async function uploadArchiveFromHost(
         const all = Buffer.concat(pending);
         pending = all.length > partBytes ? [all.subarray(partBytes)] : [];
         pendingBytes = all.length - partBytes;
-        await sendPart([all.subarray(0, partBytes)]);
+        startPart([all.subarray(0, partBytes)]);
+        while (inFlight.size >= partsInFlight) await Promise.race(inFlight);
+        if (partFailure) throw partFailure;
       }
     }
     await reader.done;
     // The last part may be short; an empty archive still needs one (empty) part.
-    if (pendingBytes > 0 || parts.length === 0) await sendPart(pending);
+    if (pendingBytes > 0 || partsStarted === 0) startPart(pending);
+    await Promise.all(inFlight);
+    if (partFailure) throw partFailure;
+    parts.sort((a, b) => a.PartNumber! - b.PartNumber!);
     await s3.send(
       new CompleteMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, UploadId: uploadId, MultipartUpload: { Parts: parts } }),
       sendOpts,
@@ -143,6 +166,8 @@ export async function uploadArchiveFromHost(
   } catch (err) {
     stopReader.abort();
     reader.stdout.destroy();
+    // Parts still sending would land after the abort: let them settle first (they never reject).
+    await Promise.all(inFlight);
     await s3.send(new AbortMultipartUploadCommand({ Bucket: store.bucket, Key: args.key, UploadId: uploadId })).catch(() => undefined);
     throw err;
   }
