@@ -234,7 +234,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
    */
   async function warmPlacements(runtime: RuntimeRecord, editorAddress: string): Promise<LoginPlan['ready']> {
     const editor = await store.editors.live(runtime.userId);
-    if (!editor || !(await environmentAnswers(runtime, editor, editorAddress))) return undefined;
+    if (!editor || !(await environmentAnswers(runtime, editor, editorAddress, { retell: true }))) return undefined;
     return { runtime: runtimePlacement(runtime), editor: editorPlacement(editor, editorAddress) };
   }
 

@@ -14,7 +14,7 @@ export function publicUser(u: UserRecord) {
  */
 export async function environmentOf(deps: PlatformDeps, user: UserRecord) {
   const [runtime, editor, upstream] = await Promise.all([deps.store.runtimes.live(user.id), deps.store.editors.live(user.id), deps.routes.get(user.id)]);
-  const ready = upstream !== undefined && (await environmentAnswers(runtime, editor, upstream.host));
+  const ready = upstream !== undefined && (await environmentAnswers(runtime, editor, upstream.host, { retell: false }));
   let operationId: string | undefined;
   if (ready) deps.activity.touch(user.id);
   else operationId = (await deps.operations.startLogin({ userId: user.id })).operationId;

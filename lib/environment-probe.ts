@@ -26,15 +26,22 @@ const warmProbeTimeoutMs = 2000;
 
 /**
  * Whether a user's runtime and editor are running and answering right now, so a login has nothing to
- * make: the rows agree (both running, the editor pointed at this runtime), MRP `/capabilities` and the
- * editor's `/health` answer, and the editor accepts being told the runtime's address again (a restarted
- * editor forgets it, as readyEditor knows). Shared by the login workflow's plan and the edge's sign-in,
- * so both call an environment ready on exactly the same evidence.
+ * make: the rows agree (both running, the editor pointed at this runtime), and MRP `/capabilities` and
+ * the editor's `/health` answer. Shared by the login workflow's plan and the edge's sign-in, so both call
+ * an environment ready on the same evidence.
+ *
+ * `retell` also tells the editor the runtime's address again and counts a refusal as not ready (a
+ * restarted editor forgets it, as readyEditor knows). Only the login plan may: it runs in the user's
+ * entity, one operation at a time, whereas the edge reads the rows beside a migration that may be
+ * re-pointing the editor that very moment, and a late re-tell of the old address would undo it. The edge
+ * needs no re-tell: editors have no restart policy, so an editor process restarts only inside a login,
+ * whose readyEditor tells it.
  */
 export async function environmentAnswers(
   runtime: Pick<RuntimeRecord, 'id' | 'state' | 'address' | 'port'> | undefined,
   editor: Pick<EditorRecord, 'state' | 'port' | 'runtimeId' | 'runtimeHost' | 'runtimePort'> | undefined,
   editorAddress: string,
+  opts: { retell: boolean },
 ): Promise<boolean> {
   if (!runtime || !editor || runtime.state !== 'running' || editor.state !== 'running') return false;
   if (!runtime.address || !runtime.port || !editor.port) return false;
@@ -46,5 +53,6 @@ export async function environmentAnswers(
     httpOk(`${editorBase}/health`, { timeoutMs }),
   ]);
   if (!runtimeUp || !editorUp) return false;
+  if (!opts.retell) return true;
   return httpOk(`${editorBase}/api/runtime/update-port`, { method: 'POST', body: { port: runtime.port, host: runtime.address }, timeoutMs });
 }
