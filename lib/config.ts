@@ -142,6 +142,10 @@ const ConfigSchema = z.object({
   MARKCO_PUBLISH_CACHE_MB: z.coerce.number({ error: 'expected megabytes' }).int('expected whole megabytes').min(1, 'expected 1 to 4096 MB').max(4096, 'expected 1 to 4096 MB').default(64),
   MARKCO_PUBLISH_PAGE_MAX_AGE_S: z.coerce.number({ error: 'expected seconds' }).int('expected whole seconds').min(0, 'expected 0 to 86400 seconds').max(86_400, 'expected 0 to 86400 seconds').default(60),
 
+  // The data service (Arrow Flight over DuckDB, flight/server.ts): its port and the datasets it serves.
+  MARKCO_FLIGHT_PORT: port(8815),
+  MARKCO_DATASETS_DIR: optionalString,
+
   // Elastic compute: the tier ladder per plan (JSON; lib/tiers.ts has the default and the rules).
   MARKCO_TIER_LADDER: optionalString,
 
@@ -244,6 +248,8 @@ export interface Config {
   cloud: CloudConfig;
   /** Published pages: the mrmd reader script they load, the render cache's size, browsers' and CDNs' max-age. */
   publish: { readerScriptUrl: string | null; cacheBytes: number; pageMaxAgeSeconds: number };
+  /** The data service: its port (on MARKCO_HOST) and the datasets directory (absolute). */
+  flight: { port: number; datasetsDir: string };
 }
 
 /** The sign-in providers and the mail transport (lib/sign-in-providers.ts, lib/mail.ts). */
@@ -433,6 +439,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     monitor: { intervalMs: c.MARKCO_MONITOR_INTERVAL_MS, idleAfterMs: c.MARKCO_IDLE_AFTER_S * 1000 },
     publish: { readerScriptUrl: c.MARKCO_PUBLISH_READER_URL ?? null, cacheBytes: c.MARKCO_PUBLISH_CACHE_MB * 1024 * 1024, pageMaxAgeSeconds: c.MARKCO_PUBLISH_PAGE_MAX_AGE_S },
+    flight: { port: c.MARKCO_FLIGHT_PORT, datasetsDir: resolve(c.MARKCO_DATASETS_DIR ?? join(c.MARKCO_DATA_DIR, 'datasets')) },
   };
 }
 
