@@ -26,7 +26,7 @@ export interface ArchiveStoreOptions {
   bucket: string;
   /** Server-side encryption of stored archives: none, S3-managed keys, or KMS (a key id, else the bucket's default KMS key). */
   encryption: ArchiveEncryption;
-  /** Bytes per part: at least S3's 5 MiB minimum; 10,000 parts at most, so 64 MiB parts hold 625 GiB. */
+  /** Bytes per part: at least S3's 5 MiB minimum; 10,000 parts at most, so 16 MiB parts hold 156 GiB. */
   partBytes?: number;
   /** Parts uploading at once while the next is read and hashed; memory holds this many parts plus one. */
   partsInFlight?: number;
@@ -43,7 +43,7 @@ export interface StoredArchive {
 }
 
 const minPartBytes = 5 * 1024 * 1024;
-const defaultPartBytes = 64 * 1024 * 1024;
+const defaultPartBytes = 16 * 1024 * 1024;
 const maxParts = 10_000;
 const defaultPartsInFlight = 4;
 

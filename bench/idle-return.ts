@@ -221,7 +221,7 @@ try {
   shells = testShells(h.state, { commandTimeoutMs: 600_000 });
   await registerBaseHost(db.store, shells);
   // The production part size (MARKCO_S3_PART_MIB's default), not the tests' small one.
-  archives = { ...(await emulatorArchiveBucket(h.state)), partBytes: 64 * MiB };
+  archives = { ...(await emulatorArchiveBucket(h.state)), partBytes: 16 * MiB };
   const started = await startTestWorker(h.state, { store: db.store, shells, tiers, archives, environment: { ...testEnvironment(h.state), archivesDir: join(h.state.baseHost.dataDir, 'archives') } });
   worker = started.worker;
   workerRunning = worker.run();

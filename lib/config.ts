@@ -105,7 +105,7 @@ const ConfigSchema = z.object({
   MARKCO_S3_BUCKET: z.string().trim().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'expected an S3 bucket name').default('markco-snapshots'),
   MARKCO_S3_SSE: z.enum(['none', 'AES256', 'aws:kms']).default('AES256'),
   MARKCO_S3_KMS_KEY_ID: optionalString,
-  MARKCO_S3_PART_MIB: z.coerce.number().int().min(5).max(5120).default(64),
+  MARKCO_S3_PART_MIB: z.coerce.number().int().min(5).max(5120).default(16),
 
   MARKCO_DEV_LOGIN: bool(false),
 

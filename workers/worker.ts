@@ -143,7 +143,7 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
   // Archives go to S3 wherever there is a cloud (the emulator's S3 in simulated mode); the embedded stack keeps them on the base server.
   const s3 = config.cloud.provider !== 'none' ? createS3Client(config.aws) : undefined;
   if (s3 && config.cloud.provider === 'simulated') await ensureBucket(s3, config.aws.snapshotBucket, config.aws.region);
-  const archives = s3 ? { s3, bucket: config.aws.snapshotBucket, ...(config.aws.archives ?? { encryption: { kind: 'AES256' as const }, partBytes: 64 * 1024 * 1024 }) } : undefined;
+  const archives = s3 ? { s3, bucket: config.aws.snapshotBucket, ...(config.aws.archives ?? { encryption: { kind: 'AES256' as const }, partBytes: 16 * 1024 * 1024 }) } : undefined;
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   // The resource monitor's activities signal users' entities through a client of their own.
   const clientConnection = await Connection.connect({ address: config.temporal.address });

@@ -79,7 +79,7 @@ test('the README documents every variable the config reads', () => {
 });
 
 test('checkpoint archives in S3 are encrypted by default; KMS takes a key id, other modes refuse one', () => {
-  assert.deepEqual(loadConfig({}).aws.archives, { encryption: { kind: 'AES256' }, partBytes: 64 * 1024 * 1024 });
+  assert.deepEqual(loadConfig({}).aws.archives, { encryption: { kind: 'AES256' }, partBytes: 16 * 1024 * 1024 });
   assert.deepEqual(loadConfig({ MARKCO_S3_SSE: 'aws:kms', MARKCO_S3_KMS_KEY_ID: 'alias/markco', MARKCO_S3_PART_MIB: '16' }).aws.archives, {
     encryption: { kind: 'aws:kms', keyId: 'alias/markco' },
     partBytes: 16 * 1024 * 1024,
