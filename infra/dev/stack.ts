@@ -26,8 +26,8 @@ import { startTemporalDevServer, type TemporalDevServer } from './temporal-dev.j
 
 /**
  * The main command: the whole control plane on this machine with embedded defaults. PostgreSQL
- * (embedded unless DATABASE_URL), Temporal (dev server with Web UI unless TEMPORAL_ADDRESS), the worker
- * and the edge; this machine is the base host. With MARKCO_CLOUD=simulated also the EC2 emulator, a
+ * (embedded unless DATABASE_URL), Temporal (dev server with Web UI unless TEMPORAL_ADDRESS), the worker,
+ * the edge and the data service (Arrow Flight, flight/server.ts); this machine is the base host. With MARKCO_CLOUD=simulated also the EC2 emulator, a
  * network for its instances and the boot watcher that turns every running instance into a namespace
  * host. Ctrl-C stops everything it started, in reverse order.
  */
@@ -335,6 +335,8 @@ export async function runStack(config: Config, log: Logger): Promise<void> {
   const services: Service[] = [
     { name: 'worker', entry: join(repoRoot, 'workers', 'worker.ts'), restarts: 0, stopping: false, stopGraceMs: 40_000 },
     { name: 'edge', entry: join(repoRoot, 'api', 'server.ts'), restarts: 0, stopping: false, stopGraceMs: 15_000 },
+    // The data service (Arrow Flight over DuckDB): datasets from MARKCO_DATASETS_DIR, edge sessions from PostgreSQL.
+    { name: 'flight', entry: join(repoRoot, 'flight', 'server.ts'), restarts: 0, stopping: false, stopGraceMs: 10_000 },
   ];
   let shuttingDown = false;
 
@@ -463,6 +465,8 @@ export async function runStack(config: Config, log: Logger): Promise<void> {
         {
           edge: `http://${config.http.host}:${config.http.port}`,
           health: healthUrl,
+          flight: `grpc://${edgeHost}:${config.flight.port}`,
+          datasets: config.flight.datasetsDir,
           temporalUi: temporal?.uiUrl ?? '(external Temporal)',
           temporal: env.TEMPORAL_ADDRESS,
           database: postgres ? `embedded, ${postgres.dataDir}` : 'DATABASE_URL',
