@@ -14,7 +14,7 @@ import { benchNameEnv, mergeData, parseResultLines, readGeneratedData, renderSec
  * BENCH_NO_DOCS=1 leaves docs/benchmarks.md alone; BENCH_NOTE="..." is printed under the run in the table
  * (what else ran on the machine, which parameters were reduced).
  */
-const all = ['proxy-core', 'proxy', 'proxy-peers', 'load', 'login', 'transfer', 'ssh2-cipher', 'migrate', 'idle-return', 'monitor', 'publish', 'elastic-cost'];
+const all = ['proxy-core', 'proxy', 'proxy-peers', 'load', 'login', 'transfer', 'ssh2-cipher', 'migrate', 'idle-return', 'monitor', 'publish', 'elastic-cost', 'flight'];
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : all;
 for (const name of chosen) {
   if (!all.includes(name)) {
@@ -49,7 +49,7 @@ function commit(): string {
 }
 
 /** Bench parameters as the scripts read them from the environment (what a subset run may set). */
-const paramEnv = ['GIB', 'ROUNDS', 'SIZES_MIB', 'CONTAINERS', 'SECONDS', 'CYCLES', 'MEGABYTES'];
+const paramEnv = ['GIB', 'ROUNDS', 'SIZES_MIB', 'CONTAINERS', 'SECONDS', 'CYCLES', 'MEGABYTES', 'ROWS'];
 
 const startedAt = new Date();
 const runId = startedAt.toISOString();

@@ -1,0 +1,108 @@
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { createAuth } from '../api/auth.js';
+import { createFlightAccess } from '../flight/auth.js';
+import { startFlightServer, type RunningFlightServer } from '../flight/server.js';
+import { createLogger } from '../lib/logger.js';
+import { defaultToolsDir } from '../lib/paths.js';
+import { freshDatabase, type TestDatabase } from '../test/support/context.js';
+import { startHarness, type RunningHarness } from '../test/support/harness.js';
+import { median, range } from './edge-setup.js';
+import { report } from './results.js';
+import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
+
+/**
+ * The data service against DuckDB itself: rows per second for a 10-million-row Parquet file read by a
+ * notebook through Arrow Flight (pyarrow.flight's DoGet of `SELECT * FROM dataset`, the whole result as
+ * one Arrow table), next to the same file read by DuckDB's Python package locally into an Arrow table
+ * (`duckdb.sql(...).fetch_arrow_table()`), alternating, ROUNDS rounds (default 3). A filtered query
+ * (a seventh of the rows) is measured the same way. The server runs in this process with the real session
+ * check (PostgreSQL from the test harness); the client in a Python process of the tools venv.
+ *   ROWS=10000000 ROUNDS=3 npx tsx bench/flight.ts
+ */
+const rows = Number(process.env.ROWS ?? 10_000_000);
+const rounds = Number(process.env.ROUNDS ?? 3);
+const python = join(process.env.MARKCO_TOOLS_DIR ?? defaultToolsDir, 'venv', 'bin', 'python');
+const run = promisify(execFile);
+
+const makeFile = `
+import duckdb, sys
+duckdb.sql(f"""COPY (SELECT i AS id, i * 0.5 AS value, 'cat' || (i % 7) AS category, i % 3 = 0 AS flag,
+  TIMESTAMP '2024-01-01' + to_seconds(i) AS ts FROM range({sys.argv[2]}) t(i)) TO '{sys.argv[1]}' (FORMAT parquet)""")
+`;
+
+const measure = `
+import json, sys, time
+import duckdb, pyarrow.flight as fl
+location, token, dataset, path, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+client = fl.FlightClient(location)
+options = fl.FlightCallOptions(headers=[(b"authorization", ("Bearer " + token).encode())])
+queries = {"all": "SELECT * FROM dataset", "filtered": "SELECT * FROM dataset WHERE category = 'cat3'"}
+out = {k: {"flight": [], "local": [], "rows": None} for k in queries}
+def flight(sql):
+    return client.do_get(fl.Ticket(json.dumps({"dataset": dataset, "sql": sql})), options=options).read_all()
+def local(sql):
+    return duckdb.sql(sql.replace("FROM dataset", "FROM read_parquet('" + path + "')")).fetch_arrow_table()
+for name, sql in queries.items():
+    flight(sql); local(sql)  # warm the page cache and both code paths
+for r in range(rounds):
+    for name, sql in queries.items():
+        for way, fn in (("local", local), ("flight", flight)):
+            t0 = time.perf_counter(); table = fn(sql); seconds = time.perf_counter() - t0
+            if out[name]["rows"] is None: out[name]["rows"] = table.num_rows
+            assert table.num_rows == out[name]["rows"], (way, table.num_rows, out[name]["rows"])
+            out[name][way].append(table.num_rows / seconds)
+print(json.dumps(out))
+`;
+
+let harness: RunningHarness | undefined;
+let db: TestDatabase | undefined;
+let server: RunningFlightServer | undefined;
+const work = mkdtempSync(join(tmpdir(), 'markco-bench-flight-'));
+const cleanup = () => stopBenchParts({ closers: [() => server?.close(), () => db?.drop(), () => rmSync(work, { recursive: true, force: true })], harness });
+cleanUpOnSignal(cleanup);
+
+try {
+  harness = await startHarness({ hosts: 0 });
+  db = await freshDatabase(harness.state);
+  const { user } = await db.store.users.ensureByEmail({ email: 'bench@example.test' });
+  const { token } = await db.store.sessions.create(user.id);
+  mkdirSync(join(work, user.id), { recursive: true });
+  const file = join(work, user.id, 'big.parquet');
+  await run(python, ['-c', makeFile, file, String(rows)], { timeout: 600_000 });
+  const auth = createAuth({ sessions: db.store.sessions, adminToken: undefined, secureCookies: false });
+  server = await startFlightServer({
+    host: '127.0.0.1',
+    port: 0,
+    datasetsDir: work,
+    access: createFlightAccess({ auth, memberships: db.store.memberships, users: db.store.users }),
+    log: createLogger({ level: 'warn', name: 'flight-bench' }),
+  });
+  const { stdout } = await run(python, ['-c', measure, server.location, token, `${user.username}/big`, file, String(rounds)], { timeout: 1_800_000, maxBuffer: 1024 * 1024 });
+  const out = JSON.parse(stdout.trim().split('\n').pop()!) as Record<'all' | 'filtered', { flight: number[]; local: number[]; rows: number }>;
+  const mb = (statSync(file).size / 1e6).toFixed(0);
+  console.log(`${rows.toLocaleString('en')} rows (${mb} MB Parquet: BIGINT, DOUBLE, VARCHAR, BOOLEAN, TIMESTAMP); ${rounds} rounds, alternating`);
+  const params = `${rows.toLocaleString('en')} rows, ${mb} MB Parquet, ${rounds} rounds`;
+  for (const [key, label] of [['all', 'DoGet of SELECT * (the whole file)'], ['filtered', 'DoGet of a filtered SELECT (1/7 of the rows)']] as const) {
+    const m = out[key];
+    const mrows = (xs: number[]) => xs.map((x) => Number((x / 1e6).toFixed(2)));
+    console.log(
+      `  ${label}: ${m.rows.toLocaleString('en')} rows; Flight ${(median(m.flight) / 1e6).toFixed(2)} M rows/s (${range(mrows(m.flight))}), DuckDB locally ${(median(m.local) / 1e6).toFixed(2)} M rows/s (${range(mrows(m.local))}), ratio ${(median(m.flight) / median(m.local)).toFixed(2)}x`,
+    );
+    report({
+      name: label,
+      metric: 'throughput (pyarrow.flight client, whole result as an Arrow table)',
+      unit: 'rows/s',
+      better: 'higher',
+      samples: m.flight,
+      baseline: { name: 'DuckDB (Python) reading the same file locally into Arrow', samples: m.local },
+      ...(key === 'all' ? { goal: { on: 'ratio' as const, op: '>=' as const, value: 0.5, source: 'issue 11' } } : {}),
+      params,
+    });
+  }
+} finally {
+  await cleanup();
+}
