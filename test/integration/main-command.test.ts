@@ -11,7 +11,7 @@ import { deploymentTag, managedTag } from '../../activities/ec2.js';
 import { processAlive } from '../../infra/dev/processes.js';
 import { simulatedNetworkId } from '../../infra/dev/stack.js';
 import { createEc2Client } from '../../lib/aws.js';
-import { repoRoot } from '../../lib/paths.js';
+import { defaultToolsDir, repoRoot } from '../../lib/paths.js';
 import { reaperScheduleId } from '../../lib/schedules.js';
 import { workflowIds } from '../../workflows/contracts/index.js';
 import { freePort } from '../support/harness.js';
@@ -105,7 +105,7 @@ describe('scripts/start', () => {
   });
 
   test('brings up PostgreSQL, Temporal with its Web UI, the worker and the edge; Ctrl-C stops everything', async () => {
-    const [port, pgPort, temporalPort, uiPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+    const [port, pgPort, temporalPort, uiPort, flightPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
     const dataDir = join(h.state.runDir, 'stack-data');
     stack = spawn(join(repoRoot, 'scripts', 'start'), [], {
       cwd: repoRoot,
@@ -113,6 +113,7 @@ describe('scripts/start', () => {
         ...process.env,
         MARKCO_DATA_DIR: dataDir,
         MARKCO_PORT: String(port),
+        MARKCO_FLIGHT_PORT: String(flightPort),
         MARKCO_EMBEDDED_PG_PORT: String(pgPort),
         TEMPORAL_DEV_PORT: String(temporalPort),
         TEMPORAL_UI_PORT: String(uiPort),
@@ -140,6 +141,20 @@ describe('scripts/start', () => {
     assert.deepEqual(Object.keys(health.parts).sort(), ['database', 'temporal', 'worker']);
     assert.ok(Object.values(health.parts).every((p) => p.status === 'ok'));
 
+    // The data service answers Flight (a real client, pyarrow.flight): without a session it is refused.
+    const refusal = await until(
+      'the data service to answer Flight',
+      async () => {
+        const answer = await new LocalShell('base').run(
+          [join(defaultToolsDir, 'venv', 'bin', 'python'), '-c', 'import sys, pyarrow.flight as fl\ntry:\n  list(fl.FlightClient(sys.argv[1]).list_flights())\nexcept fl.FlightUnauthenticatedError as e:\n  print("unauthenticated:", e)', `grpc://127.0.0.1:${flightPort}`],
+          { timeoutMs: 60_000, okExitCodes: [0, 1] },
+        );
+        return answer.stdout.startsWith('unauthenticated:') ? answer.stdout : undefined;
+      },
+      60_000,
+    );
+    assert.match(refusal, /session|token/i, 'the refusal says what is missing');
+
     const ui = await fetch(`http://127.0.0.1:${uiPort}/`, { signal: AbortSignal.timeout(5000) });
     assert.equal(ui.status, 200, 'the Temporal Web UI answers');
     assert.match(await ui.text(), /<html/i);
@@ -156,7 +171,7 @@ describe('scripts/start', () => {
     }
 
     const recorded = JSON.parse(readFileSync(join(dataDir, 'run', 'stack.json'), 'utf8')) as { pid: number; marker: string }[];
-    assert.equal(recorded.length, 3, 'worker, edge and Temporal are recorded');
+    assert.equal(recorded.length, 4, 'worker, edge, the data service and Temporal are recorded');
     const pgDir = join(dataDir, 'postgres');
     const pgPid = Number(readFileSync(join(pgDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
     assert.ok(processAlive(pgPid));
@@ -187,7 +202,7 @@ describe('scripts/start', () => {
 
   test('MARKCO_CLOUD=simulated: the emulator, a network, a namespace host per running instance and the reaper schedule; Ctrl-C leaves no network', async () => {
     const started = Date.now();
-    const [port, pgPort, temporalPort, uiPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+    const [port, pgPort, temporalPort, uiPort, flightPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
     const dataDir = join(h.state.runDir, 'stack-sim-data');
     const id = simulatedNetworkId(dataDir);
     simNetworkId = id;
@@ -207,6 +222,7 @@ describe('scripts/start', () => {
         MARKCO_DEPLOYMENT_ID: deploymentId,
         MARKCO_DATA_DIR: dataDir,
         MARKCO_PORT: String(port),
+        MARKCO_FLIGHT_PORT: String(flightPort),
         MARKCO_EMBEDDED_PG_PORT: String(pgPort),
         TEMPORAL_DEV_PORT: String(temporalPort),
         TEMPORAL_UI_PORT: String(uiPort),
@@ -257,7 +273,7 @@ describe('scripts/start', () => {
 
     // The worker was started against the emulator, with dummy credentials.
     const recorded = JSON.parse(readFileSync(join(dataDir, 'run', 'stack.json'), 'utf8')) as { pid: number; marker: string }[];
-    assert.deepEqual(recorded.map((r) => r.marker.split('/').pop()).sort(), ['moto_server', 'server.ts', 'start-dev', 'worker.ts']);
+    assert.deepEqual(recorded.map((r) => r.marker.split('/').pop()).sort(), ['moto_server', 'server.ts', 'server.ts', 'start-dev', 'worker.ts']);
     const workerPid = recorded.find((r) => r.marker.endsWith('worker.ts'))!.pid;
     const workerEnv = new Map(readFileSync(`/proc/${workerPid}/environ`, 'utf8').split('\0').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)] as const));
     assert.equal(workerEnv.get('MARKCO_CLOUD'), 'simulated');

@@ -49,7 +49,7 @@ const directives = (text: string, key: string) => [...text.matchAll(new RegExp(`
 
 describe('systemd units', () => {
   test('the expected units are there', () => {
-    for (const u of ['markco-edge.service', 'markco-worker@.service', 'markco-migrate.service', 'markco-monitor.service', 'markco-monitor.timer', 'temporal-server.service', 'temporal-schema.service', 'temporal-namespace.service', 'temporal-ui.service']) {
+    for (const u of ['markco-edge.service', 'markco-flight.service', 'markco-worker@.service', 'markco-migrate.service', 'markco-monitor.service', 'markco-monitor.timer', 'temporal-server.service', 'temporal-schema.service', 'temporal-namespace.service', 'temporal-ui.service']) {
       assert.ok(unitFiles.includes(u), `infra/systemd/${u} is missing`);
     }
   });
@@ -111,6 +111,7 @@ describe('systemd units', () => {
   test('users, restarts, ordering and the environment file', () => {
     const expectations: Record<string, { user: string; restart?: string; after: string[]; env: string }> = {
       'markco-edge.service': { user: 'markco', restart: 'always', after: ['postgresql.service', 'temporal-server.service', 'markco-migrate.service'], env: '/etc/markco/markco.env' },
+      'markco-flight.service': { user: 'markco', restart: 'always', after: ['postgresql.service', 'markco-migrate.service'], env: '/etc/markco/markco.env' },
       'markco-worker@.service': { user: 'root', restart: 'always', after: ['postgresql.service', 'temporal-server.service', 'markco-migrate.service'], env: '/etc/markco/markco.env' },
       'markco-migrate.service': { user: 'markco', restart: 'on-failure', after: ['postgresql.service', 'temporal-server.service'], env: '/etc/markco/markco.env' },
       'markco-monitor.service': { user: 'markco', after: ['temporal-server.service', 'markco-migrate.service', 'markco-worker@1.service'], env: '/etc/markco/markco.env' },
