@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
 import { createAuth } from '../api/auth.js';
 import { createFlightAccess } from '../flight/auth.js';
 import { startFlightServer, type RunningFlightServer } from '../flight/server.js';
@@ -19,7 +20,9 @@ import { cleanUpOnSignal, stopBenchParts } from './teardown.js';
  * notebook through Arrow Flight (pyarrow.flight's DoGet of `SELECT * FROM dataset`, the whole result as
  * one Arrow table), next to the same file read by DuckDB's Python package locally into an Arrow table
  * (`duckdb.sql(...).fetch_arrow_table()`), alternating, ROUNDS rounds (default 3). A filtered query
- * (a seventh of the rows) is measured the same way. The server runs in this process with the real session
+ * (a seventh of the rows) is measured the same way. To tell the transport from the rest, the DoGet answer
+ * of the whole file is also captured once and replayed from memory by a bare grpc-js DoGet into the same
+ * pyarrow client (no DuckDB, no conversion). The server runs in this process with the real session
  * check (PostgreSQL from the test harness); the client in a Python process of the tools venv.
  *   ROWS=10000000 ROUNDS=3 npx tsx bench/flight.ts
  */
@@ -37,20 +40,24 @@ duckdb.sql(f"""COPY (SELECT i AS id, i * 0.5 AS value, 'cat' || (i % 7) AS categ
 const measure = `
 import json, sys, time
 import duckdb, pyarrow.flight as fl
-location, token, dataset, path, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+location, token, dataset, path, rounds, replay_at = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
 client = fl.FlightClient(location)
+replay_client = fl.FlightClient(replay_at)
 options = fl.FlightCallOptions(headers=[(b"authorization", ("Bearer " + token).encode())])
 queries = {"all": "SELECT * FROM dataset", "filtered": "SELECT * FROM dataset WHERE category = 'cat3'"}
-out = {k: {"flight": [], "local": [], "rows": None} for k in queries}
+out = {k: {"flight": [], "local": [], "replay": [], "rows": None} for k in queries}
 def flight(sql):
     return client.do_get(fl.Ticket(json.dumps({"dataset": dataset, "sql": sql})), options=options).read_all()
+def replay(sql):
+    return replay_client.do_get(fl.Ticket(b"replay")).read_all()
 def local(sql):
     return duckdb.sql(sql.replace("FROM dataset", "FROM read_parquet('" + path + "')")).fetch_arrow_table()
 for name, sql in queries.items():
     flight(sql); local(sql)  # warm the page cache and both code paths
 for r in range(rounds):
     for name, sql in queries.items():
-        for way, fn in (("local", local), ("flight", flight)):
+        ways = (("local", local), ("flight", flight)) + ((("replay", replay),) if name == "all" else ())
+        for way, fn in ways:
             t0 = time.perf_counter(); table = fn(sql); seconds = time.perf_counter() - t0
             if out[name]["rows"] is None: out[name]["rows"] = table.num_rows
             assert table.num_rows == out[name]["rows"], (way, table.num_rows, out[name]["rows"])
@@ -58,11 +65,68 @@ for r in range(rounds):
 print(json.dumps(out))
 `;
 
+
+const doGetPath = '/arrow.flight.protocol.FlightService/DoGet';
+/** A Flight Ticket message: field 1 (bytes). */
+function ticketMessage(ticket: Buffer): Buffer {
+  const len: number[] = [];
+  for (let n = ticket.length; ; n >>>= 7) {
+    if (n < 0x80) {
+      len.push(n);
+      break;
+    }
+    len.push((n & 0x7f) | 0x80);
+  }
+  return Buffer.concat([Buffer.from([0x0a, ...len]), ticket]);
+}
+
+/** The server's DoGet answer as the encoded FlightData messages it sent, one Buffer each. */
+async function captureDoGet(location: string, token: string, ticket: string): Promise<Buffer[]> {
+  const client = new grpc.Client(location.replace(/^grpc:\/\//, ''), grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': -1 });
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${token}`);
+  const messages: Buffer[] = [];
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const call = client.makeServerStreamRequest(doGetPath, (b: Buffer) => b, (b: Buffer) => b, ticketMessage(Buffer.from(ticket)), metadata);
+      call.on('data', (m: Buffer) => messages.push(m));
+      call.on('error', reject);
+      call.on('end', resolve);
+    });
+  } finally {
+    client.close();
+  }
+  return messages;
+}
+
+/** A grpc-js server whose DoGet sends the captured messages again: Flight's transport without DuckDB or conversion. */
+async function startReplayServer(messages: Buffer[]): Promise<{ location: string; close(): void }> {
+  const replayServer = new grpc.Server({ 'grpc.max_send_message_length': -1 });
+  const identity = (b: Buffer) => b;
+  const definition: grpc.ServiceDefinition = {
+    DoGet: { path: doGetPath, requestStream: false, responseStream: true, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity, originalName: 'DoGet' },
+  };
+  replayServer.addService(definition, {
+    DoGet: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
+      let i = 0;
+      // Respect back-pressure as the real server does.
+      const pump = () => {
+        while (i < messages.length) if (!call.write(messages[i++]!)) return void call.once('drain', pump);
+        call.end();
+      };
+      pump();
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) => replayServer.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  return { location: `grpc://127.0.0.1:${port}`, close: () => replayServer.forceShutdown() };
+}
+
 let harness: RunningHarness | undefined;
 let db: TestDatabase | undefined;
 let server: RunningFlightServer | undefined;
+let replay: { location: string; close(): void } | undefined;
 const work = mkdtempSync(join(tmpdir(), 'markco-bench-flight-'));
-const cleanup = () => stopBenchParts({ closers: [() => server?.close(), () => db?.drop(), () => rmSync(work, { recursive: true, force: true })], harness });
+const cleanup = () => stopBenchParts({ closers: [() => replay?.close(), () => server?.close(), () => db?.drop(), () => rmSync(work, { recursive: true, force: true })], harness });
 cleanUpOnSignal(cleanup);
 
 try {
@@ -81,8 +145,10 @@ try {
     access: createFlightAccess({ auth, memberships: db.store.memberships, users: db.store.users }),
     log: createLogger({ level: 'warn', name: 'flight-bench' }),
   });
-  const { stdout } = await run(python, ['-c', measure, server.location, token, `${user.username}/big`, file, String(rounds)], { timeout: 1_800_000, maxBuffer: 1024 * 1024 });
-  const out = JSON.parse(stdout.trim().split('\n').pop()!) as Record<'all' | 'filtered', { flight: number[]; local: number[]; rows: number }>;
+  const captured = await captureDoGet(server.location, token, JSON.stringify({ dataset: `${user.username}/big`, sql: 'SELECT * FROM dataset' }));
+  replay = await startReplayServer(captured);
+  const { stdout } = await run(python, ['-c', measure, server.location, token, `${user.username}/big`, file, String(rounds), replay.location], { timeout: 1_800_000, maxBuffer: 1024 * 1024 });
+  const out = JSON.parse(stdout.trim().split('\n').pop()!) as Record<'all' | 'filtered', { flight: number[]; local: number[]; replay: number[]; rows: number }>;
   const mb = (statSync(file).size / 1e6).toFixed(0);
   console.log(`${rows.toLocaleString('en')} rows (${mb} MB Parquet: BIGINT, DOUBLE, VARCHAR, BOOLEAN, TIMESTAMP); ${rounds} rounds, alternating`);
   const params = `${rows.toLocaleString('en')} rows, ${mb} MB Parquet, ${rounds} rounds`;
@@ -103,6 +169,19 @@ try {
       params,
     });
   }
+  const all = out.all;
+  console.log(
+    `  transport alone (the same FlightData messages replayed from memory by grpc-js, decoded by pyarrow): ${(median(all.replay) / 1e6).toFixed(2)} M rows/s, ${(median(all.replay) / median(all.local)).toFixed(2)}x of DuckDB locally`,
+  );
+  report({
+    name: 'transport alone: the DoGet result replayed from memory (grpc-js) into pyarrow',
+    metric: 'throughput (pyarrow.flight client, whole result as an Arrow table)',
+    unit: 'rows/s',
+    better: 'higher',
+    samples: all.replay,
+    baseline: { name: 'DuckDB (Python) reading the same file locally into Arrow', samples: all.local },
+    params: `${params}; ${captured.length} messages, ${(captured.reduce((n, b) => n + b.length, 0) / 1e6).toFixed(0)} MB`,
+  });
 } finally {
   await cleanup();
 }
