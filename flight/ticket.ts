@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { usernamePattern } from '../workflows/contracts/users.js';
 import { datasetNamePattern } from './datasets.js';
 
 /**
@@ -7,8 +8,6 @@ import { datasetNamePattern } from './datasets.js';
  * caller's session is checked on every DoGet.
  */
 export const maxSqlLength = 100_000;
-
-const usernamePattern = /^[a-z_][a-z0-9._-]{0,31}$/;
 
 export const TicketSchema = z
   .object({

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type pg from 'pg';
-import { userIdPattern, type Plan } from '../workflows/contracts/users.js';
+import { userIdPattern, usernamePattern, type Plan } from '../workflows/contracts/users.js';
 
 /**
  * Users and sessions. Session tokens are 32 random bytes handed to the browser once; only their SHA-256
@@ -64,7 +64,7 @@ export function createAccounts(pool: pg.Pool) {
       /** The user published pages are under (`/@<username>/...`); a user being deleted has none. Case-insensitive. */
       async byUsername(username: string): Promise<UserRecord | undefined> {
         const name = username.toLowerCase();
-        if (!/^[a-z_][a-z0-9._-]{0,31}$/.test(name)) return undefined;
+        if (!usernamePattern.test(name)) return undefined;
         const r = await pool.query<UserRow>('SELECT * FROM users WHERE username = $1 AND deleting_at IS NULL', [name]);
         return r.rows[0] ? userFromRow(r.rows[0]) : undefined;
       },
