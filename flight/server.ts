@@ -5,7 +5,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { createAuth } from '../api/auth.js';
-import { ConfigError, loadConfig } from '../lib/config.js';
+import { loadConfigOrExit } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { createStore } from '../lib/store.js';
@@ -318,13 +318,7 @@ export async function startFlightServer(opts: FlightServerOptions & { host: stri
 // ---------------------------------------------------------------- the process (started by scripts/start)
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  let config;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    console.error(err instanceof ConfigError ? err.message : String(err));
-    process.exit(2);
-  }
+  const config = loadConfigOrExit();
   const log = createLogger({ level: config.logLevel, name: 'flight' });
   if (!config.database.url) {
     log.fatal('DATABASE_URL is not set: the data service checks edge sessions in PostgreSQL (scripts/start sets it)');

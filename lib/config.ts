@@ -311,6 +311,19 @@ export class ConfigError extends Error {
 }
 
 /** Parses the environment once; throws ConfigError naming every bad variable and what it expects. */
+/**
+ * The configuration of a process entry point: a bad setting prints what is wrong (ConfigError names each
+ * variable) and exits with 2, before any logger exists.
+ */
+export function loadConfigOrExit(env: NodeJS.ProcessEnv = process.env): Config {
+  try {
+    return loadConfig(env);
+  } catch (err) {
+    console.error(err instanceof ConfigError ? err.message : String(err));
+    process.exit(2);
+  }
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const known = Object.fromEntries(
     Object.keys(ConfigSchema.shape).flatMap((k) => (env[k] === undefined ? [] : [[k, env[k]]])),

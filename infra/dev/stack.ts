@@ -8,7 +8,7 @@ import { Client, Connection } from '@temporalio/client';
 import { LocalShell } from '../../activities/host-shell.js';
 import { createEc2Client } from '../../lib/aws.js';
 import { caddyFrontOptions } from '../../lib/caddy-config.js';
-import { ConfigError, loadConfig, type Config } from '../../lib/config.js';
+import { loadConfigOrExit, type Config } from '../../lib/config.js';
 import { migrateUp } from '../../lib/db.js';
 import { createLogger, type Logger } from '../../lib/logger.js';
 import { repoRoot } from '../../lib/paths.js';
@@ -510,13 +510,7 @@ export async function registerBaseHost(config: Config, address: string, log: Log
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  let config: Config;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    console.error(err instanceof ConfigError ? err.message : String(err));
-    process.exit(2);
-  }
+  const config = loadConfigOrExit();
   const log = createLogger({ level: config.logLevel, name: 'stack' });
   try {
     await runStack(config, log);

@@ -1,6 +1,6 @@
 import { pathToFileURL } from 'node:url';
 import { Connection } from '@temporalio/client';
-import { ConfigError, loadConfig, type Config } from '../../lib/config.js';
+import { loadConfigOrExit, type Config } from '../../lib/config.js';
 import { migrateUp } from '../../lib/db.js';
 import { createLogger, type Logger } from '../../lib/logger.js';
 import { ensureSearchAttributes } from '../../lib/temporal.js';
@@ -43,13 +43,7 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     console.error('usage: ensure.ts schema|monitor');
     process.exit(2);
   }
-  let config: Config;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    console.error(err instanceof ConfigError ? err.message : String(err));
-    process.exit(2);
-  }
+  const config = loadConfigOrExit();
   const log = createLogger({ level: config.logLevel, name: `ensure-${phase}` });
   try {
     await ensureDeployment(config, phase, log);
