@@ -55,13 +55,33 @@ export class DatasetCatalog {
 
   /** The owner's datasets, by name (none when the owner has no folder). */
   async listOwner(ownerId: string): Promise<DatasetFile[]> {
-    if (!userIdPattern.test(ownerId)) return [];
+    const files = await this.filesOf(ownerId);
+    if (!files) return [];
+    const found: DatasetFile[] = [];
+    for (const [name, file] of [...files.byName].sort(([a], [b]) => a.localeCompare(b))) {
+      const dataset = await this.inspect(files.root, ownerId, name, file);
+      if (dataset) found.push(dataset);
+    }
+    return found;
+  }
+
+  /** One of the owner's datasets, or undefined: only its own file is resolved and inspected. */
+  async find(ownerId: string, name: string): Promise<DatasetFile | undefined> {
+    if (!datasetNamePattern.test(name)) return undefined;
+    const files = await this.filesOf(ownerId);
+    const file = files?.byName.get(name);
+    return files && file ? this.inspect(files.root, ownerId, name, file) : undefined;
+  }
+
+  /** The file that stands for each dataset name in the owner's folder (undefined when there is no folder). */
+  private async filesOf(ownerId: string): Promise<{ root: string; byName: Map<string, string> } | undefined> {
+    if (!userIdPattern.test(ownerId)) return undefined;
     const root = await this.realRoot();
     let entries: string[];
     try {
       entries = await readdir(join(root, ownerId));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return [];
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
       throw err;
     }
     const byName = new Map<string, string>();
@@ -71,18 +91,7 @@ export class DatasetCatalog {
       const seen = byName.get(stem);
       if (seen === undefined || rank(file) < rank(seen)) byName.set(stem, file);
     }
-    const found: DatasetFile[] = [];
-    for (const [name, file] of [...byName].sort(([a], [b]) => a.localeCompare(b))) {
-      const dataset = await this.inspect(root, ownerId, name, file);
-      if (dataset) found.push(dataset);
-    }
-    return found;
-  }
-
-  /** One of the owner's datasets, or undefined. */
-  async find(ownerId: string, name: string): Promise<DatasetFile | undefined> {
-    if (!datasetNamePattern.test(name)) return undefined;
-    return (await this.listOwner(ownerId)).find((d) => d.name === name);
+    return { root, byName };
   }
 
   private async inspect(root: string, ownerId: string, name: string, file: string): Promise<DatasetFile | undefined> {

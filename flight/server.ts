@@ -15,7 +15,7 @@ import { createFlightAccess, tokenFromMetadata, type FlightAccess } from './auth
 import { DatasetCatalog, type DatasetFile } from './datasets.js';
 import { UnsupportedResultError } from './duckdb-arrow.js';
 import { DatasetSandbox, QueryError, defaultSandboxLimits, type SandboxLimits } from './sandbox.js';
-import { TicketError, encodeTicket, parseTicket, splitDatasetId, type Ticket } from './ticket.js';
+import { TicketError, TicketSchema, encodeTicket, parseTicket, splitDatasetId, type Ticket } from './ticket.js';
 
 /**
  * The data service: an Arrow Flight server (gRPC, the Flight protocol's messages from flight/Flight.proto)
@@ -81,13 +81,15 @@ export function createFlightService(opts: FlightServerOptions): { definition: gr
   // DoGet's responses are already-encoded FlightData (flight/arrow-ipc.ts): sent as they are.
   const definition: grpc.ServiceDefinition = { ...base, DoGet: { ...base.DoGet!, responseSerialize: (b: Buffer) => b } };
 
-  async function caller(metadata: grpc.Metadata): Promise<UserRecord> {
-    const token = tokenFromMetadata(metadata);
+  /** The user of a session token; a missing, unknown, expired or revoked one is UNAUTHENTICATED. */
+  async function userOfToken(token: string | undefined): Promise<UserRecord> {
     if (!token) throw unauthenticated();
     const user = await opts.access.userOf(token);
     if (!user) throw new FlightError(grpc.status.UNAUTHENTICATED, 'the session token is unknown, expired or revoked: sign in again');
     return user;
   }
+
+  const caller = (metadata: grpc.Metadata) => userOfToken(tokenFromMetadata(metadata));
 
   /** The dataset behind `<username>/<name>` if `user` may read it. */
   async function datasetFor(user: UserRecord, datasetId: string): Promise<{ dataset: DatasetFile; id: string }> {
@@ -152,9 +154,7 @@ export function createFlightService(opts: FlightServerOptions): { definition: gr
     if (descriptor.type === 'CMD' || descriptor.type === 2) return queryInfo(user, parseTicket(descriptor.cmd), descriptor.cmd);
     if (descriptor.type === 'PATH' || descriptor.type === 1) {
       const id = descriptor.path.join('/');
-      try {
-        parseTicket(Buffer.from(JSON.stringify({ dataset: id, sql: 'SELECT 1' })));
-      } catch {
+      if (!TicketSchema.shape.dataset.safeParse(id).success) {
         throw new FlightError(grpc.status.INVALID_ARGUMENT, `a dataset path is ["<owner username>", "<dataset name>"] or ["<owner username>/<dataset name>"], got ${JSON.stringify(descriptor.path)}`);
       }
       const { dataset, id: canonical } = await datasetFor(user, id);
@@ -208,8 +208,7 @@ export function createFlightService(opts: FlightServerOptions): { definition: gr
         call.emit('error', toStatus(err, 'Handshake'));
       };
       const accept = async (token: string | undefined) => {
-        if (!token) throw unauthenticated();
-        if (!(await opts.access.userOf(token))) throw new FlightError(grpc.status.UNAUTHENTICATED, 'the session token is unknown, expired or revoked: sign in again');
+        await userOfToken(token);
         if (accepted === undefined) {
           const headers = new grpc.Metadata();
           headers.set('authorization', `Bearer ${token}`);
