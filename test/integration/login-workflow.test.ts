@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Client } from '@temporalio/client';
+import { Client, type WorkflowHandle } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { request } from 'undici';
 import type { HostShells } from '../../activities/host-shell.js';
@@ -19,6 +19,12 @@ import { hostEnvShell } from '../support/netns.js';
  * answering MRP, the editor pointed at it.
  */
 const h = useHarness();
+
+/** The activities a run scheduled, in order: what an operator sees in its history. */
+async function activitiesOf(handle: WorkflowHandle): Promise<string[]> {
+  const history = await handle.fetchHistory();
+  return (history.events ?? []).flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
+}
 
 describe('login workflow', () => {
   let db: TestDatabase;
@@ -103,8 +109,7 @@ describe('login workflow', () => {
     assert.equal(result.runtime.port, before.port);
     assert.equal(JSON.parse((await podman(['container', 'inspect', `rt-${userId}`])).stdout)[0].Created, createdBefore);
     // What an operator sees in the run: the plan found both up and answering, so nothing else ran.
-    const history = await handle.fetchHistory();
-    const activities = (history.events ?? []).flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
+    const activities = await activitiesOf(handle);
     assert.deepEqual(activities, ['planLogin', 'appendEvent']);
     const seen = (await (await request(`http://127.0.0.1:${result.editor.port}/api/runtime`)).body.json()) as { port: number };
     assert.equal(seen.port, result.runtime.port, 'the editor still points at the runtime');
@@ -121,8 +126,7 @@ describe('login workflow', () => {
     const mrp = await request(`http://${result.runtime.address}:${result.runtime.port}/mrp/v1/capabilities`);
     assert.equal(mrp.statusCode, 200);
     await mrp.body.dump();
-    const history = await handle.fetchHistory();
-    const activities = (history.events ?? []).flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
+    const activities = await activitiesOf(handle);
     assert.ok(activities.includes('ensureRuntime') && activities.includes('readyEditor'), activities.join(', '));
   });
 
