@@ -30,6 +30,12 @@ export interface RunContainerSpec {
   cpus?: number;
   ports?: PortMapping[];
   env?: Record<string, string>;
+  /**
+   * Environment variables whose values are secrets (a token): never on the command line, where `ps` on the
+   * host and a failed command's error message (which can end up in workflow history) would show them.
+   * Only runContainerCommand takes them, passing the values on stdin.
+   */
+  secretEnv?: Record<string, string>;
   volumes?: VolumeMount[];
   labels?: Record<string, string>;
   user?: string;
@@ -68,8 +74,28 @@ function envArgs(env: Record<string, string> | undefined): string[] {
   });
 }
 
+/**
+ * `podman run` of a spec that may carry secretEnv: a shell reads each secret's value from stdin, one line
+ * each in the spec's order, exports it, and `podman run --env NAME` takes it from there.
+ */
+export function runContainerCommand(spec: RunContainerSpec): { argv: string[]; stdin?: string } {
+  const secrets = Object.entries(spec.secretEnv ?? {});
+  if (secrets.length === 0) return { argv: runContainerArgs(spec) };
+  for (const [k, v] of secrets) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`invalid environment variable name ${JSON.stringify(k)}`);
+    if (/[\r\n]/.test(v)) throw new Error(`the value of ${k} cannot hold a line break`);
+  }
+  const names = secrets.map(([k]) => k);
+  const argv = runContainerArgs({ ...spec, secretEnv: undefined });
+  const envAt = argv.indexOf('--name');
+  argv.splice(envAt, 0, ...names.flatMap((k) => ['--env', k]));
+  const script = `${names.map((k) => `IFS= read -r ${k} && export ${k}`).join(' && ')} && exec "$@"`;
+  return { argv: ['sh', '-c', script, 'markco-run', ...argv], stdin: `${secrets.map(([, v]) => v).join('\n')}\n` };
+}
+
 export function runContainerArgs(spec: RunContainerSpec): string[] {
   assertName('container name', spec.name);
+  if (spec.secretEnv && Object.keys(spec.secretEnv).length > 0) throw new Error('a spec with secretEnv runs through runContainerCommand (its values never go on a command line)');
   if (!spec.image) throw new Error('image is required');
   const args = ['podman', 'run', '--detach', '--name', spec.name, '--runtime', containerDefaults.runtime];
   for (const u of containerDefaults.ulimits) args.push('--ulimit', u);

@@ -86,7 +86,15 @@ function labels(userId: string, role: 'runtime' | 'editor'): Record<string, stri
   return { 'ai.markco.user': userId, 'ai.markco.role': role };
 }
 
-export function runtimeContainerSpec(input: UserContainerCommon & { limits: ResourceLimits; hostPort: number; publishAddress: string }): RunContainerSpec {
+/** What a kernel reads datasets with: the data service's address as runtimes reach it, and a data token (lib/accounts.ts). */
+export interface RuntimeDataAccess {
+  url: string;
+  token: string;
+}
+
+export function runtimeContainerSpec(
+  input: UserContainerCommon & { limits: ResourceLimits; hostPort: number; publishAddress: string; data?: RuntimeDataAccess },
+): RunContainerSpec {
   return {
     name: runtimeContainerName(input.userId),
     image: input.image,
@@ -95,7 +103,8 @@ export function runtimeContainerSpec(input: UserContainerCommon & { limits: Reso
     // Published on one address only: loopback on the base server, the private address on EC2 hosts,
     // so no other container can reach another user's runtime through the bridge gateway.
     ports: [{ hostIp: input.publishAddress, hostPort: input.hostPort, containerPort: runtimeContainerPort }],
-    env: { HOME: containerHome },
+    env: { HOME: containerHome, ...(input.data ? { MARKCO_DATA_URL: input.data.url } : {}) },
+    ...(input.data ? { secretEnv: { MARKCO_DATA_TOKEN: input.data.token } } : {}),
     volumes: [{ hostPath: input.homeDir, containerPath: containerHome }],
     labels: labels(input.userId, 'runtime'),
     user: `${input.user.uid}:${input.user.gid}`,

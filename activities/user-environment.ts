@@ -24,7 +24,7 @@ import type { Plan } from '../workflows/contracts/users.js';
 import { activitySignal, heartbeat } from './context.js';
 import { HostCommandError, type HostShell, type HostShells } from './host-shell.js';
 import { shellForHost } from './hosts.js';
-import { containerStatusArgs, parseRawStats, rawStatsArgs, removeContainerArgs, runContainerArgs, startContainerArgs } from './podman-commands.js';
+import { containerStatusArgs, parseRawStats, rawStatsArgs, removeContainerArgs, runContainerArgs, runContainerCommand, startContainerArgs } from './podman-commands.js';
 import { homeMarker, starterFiles } from './starter-project.js';
 import {
   basePathOf,
@@ -59,6 +59,11 @@ export interface UserEnvironmentConfig {
   archivesDir?: string;
   /** An idle checkpoint also removes the editor container (MARKCO_IDLE_STOP_EDITOR); the next visit makes it again. */
   idleStopsEditor?: boolean;
+  /**
+   * The data service as runtimes reach it (flight/server.ts): a new runtime container gets its URL and a
+   * data token of its own in MARKCO_DATA_URL and MARKCO_DATA_TOKEN. Absent: runtimes get neither.
+   */
+  dataService?: { url: string };
 }
 
 function fail(type: ErrorType, message: string): never {
@@ -91,7 +96,7 @@ const nameInUse = (err: unknown) => err instanceof HostCommandError && /name .* 
 async function ensureContainer(
   shell: HostShell,
   name: string,
-  run: () => string[],
+  run: () => Promise<{ argv: string[]; stdin?: string }>,
   onPortTaken: () => Promise<void>,
   /** The row was just made, so the container almost surely does not exist: run first, look only if refused. */
   probablyMissing = false,
@@ -113,7 +118,8 @@ async function ensureContainer(
     }
     if (status === 'other') await shell.run(removeContainerArgs(name));
     try {
-      await shell.run(run(), { timeoutMs: 120_000 });
+      const { argv, stdin } = await run();
+      await shell.run(argv, { timeoutMs: 120_000, ...(stdin !== undefined ? { stdin } : {}) });
       return 'created';
     } catch (err) {
       if (nameInUse(err)) continue;
@@ -306,8 +312,8 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
       await ensureContainer(
         shell,
         current.containerName,
-        () =>
-          runContainerArgs(
+        async () =>
+          runContainerCommand(
             runtimeContainerSpec({
               userId: input.userId,
               image: current.image,
@@ -316,6 +322,8 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
               limits: { memoryBytes: current.memoryLimitBytes, cpus: current.cpuLimit },
               hostPort: current.port!,
               publishAddress: current.address ?? address,
+              // Issued in this activity and handed to podman on stdin: the token is never in workflow history.
+              ...(env.dataService ? { data: { url: env.dataService.url, token: await store.dataTokens.issue(input.userId) } } : {}),
             }),
           ),
         async () => {
@@ -367,8 +375,8 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
       const outcome = await ensureContainer(
         shell,
         current.containerName,
-        () =>
-          runContainerArgs(
+        async () => ({
+          argv: runContainerArgs(
             editorContainerSpec({
               userId: input.userId,
               image: current.image ?? env.editorImage,
@@ -381,6 +389,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
               profile: input.profile,
             }),
           ),
+        }),
         async () => {
           // With the host network the editor binds its ports itself: both may have been taken.
           const port = await store.ports.lease({ hostId: input.hostId, userId: input.userId, purpose: 'editor', avoid: [current.port!] });

@@ -150,7 +150,7 @@ try {
     host: '127.0.0.1',
     port: 0,
     datasetsDir: work,
-    access: createFlightAccess({ auth, memberships: db.store.memberships, users: db.store.users }),
+    access: createFlightAccess({ auth, dataTokens: db.store.dataTokens, memberships: db.store.memberships, users: db.store.users }),
     log: createLogger({ level: 'warn', name: 'flight-bench' }),
   });
   const { stdout } = await run(python, ['-c', measure, server.location, token, `${user.username}/big`, file, String(rounds)], { timeout: 1_800_000, maxBuffer: 1024 * 1024 });

@@ -1,11 +1,13 @@
 import type { Metadata } from '@grpc/grpc-js';
 import type { Auth } from '../api/auth.js';
-import type { UserRecord } from '../lib/accounts.js';
+import { dataTokenPrefix, type UserRecord } from '../lib/accounts.js';
 import type { MembershipStore } from '../lib/memberships.js';
 
 /**
  * Who is calling the data service: the user behind an edge session token, checked by the edge's own
- * session code (api/auth.ts, which looks the token's SHA-256 up in PostgreSQL and caches it briefly).
+ * session code (api/auth.ts, which looks the token's SHA-256 up in PostgreSQL and caches it briefly), or
+ * behind a data token (`mkd_...`), the one a kernel finds in its runtime's MARKCO_DATA_TOKEN, which opens
+ * the data service and nothing else.
  *
  * A Flight client carries the token in one of three ways:
  * - `authorization: Bearer <token>` on every call (pyarrow: `FlightCallOptions(headers=[...])`);
@@ -34,7 +36,7 @@ export function tokenFromMetadata(metadata: Metadata): string | undefined {
 }
 
 export interface FlightAccess {
-  /** The user of a session token, or undefined for an unknown, revoked or expired one. */
+  /** The user of a session or data token, or undefined for an unknown, revoked, replaced or expired one. */
   userOf(token: string): Promise<UserRecord | undefined>;
   /** Whether `user` may read the datasets of `ownerId`: their own, and those of owners who invited them. */
   mayRead(user: UserRecord, ownerId: string): Promise<boolean>;
@@ -44,14 +46,16 @@ export interface FlightAccess {
   ownerByUsername(username: string): Promise<{ id: string; username: string } | undefined>;
 }
 
-/** Access through the edge's session check and the collaborators' memberships. */
+/** Access through the edge's session check (or the data tokens) and the collaborators' memberships. */
 export function createFlightAccess(deps: {
   auth: Pick<Auth, 'sessionOf'>;
+  dataTokens: { resolve(token: string): Promise<UserRecord | undefined> };
   memberships: MembershipStore['memberships'];
   users: { byUsername(username: string): Promise<UserRecord | undefined> };
 }): FlightAccess {
   return {
     async userOf(token) {
+      if (token.startsWith(dataTokenPrefix)) return deps.dataTokens.resolve(token);
       return (await deps.auth.sessionOf({ authorization: `Bearer ${token}` }))?.user;
     },
     async mayRead(user, ownerId) {

@@ -1,7 +1,10 @@
+import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { createAuth } from '../api/auth.js';
@@ -26,6 +29,7 @@ import { TicketError, TicketSchema, encodeTicket, parseTicket, splitDatasetId, t
  * session token (flight/auth.ts). docs/flight.md has the design and a notebook example.
  */
 
+const execFileAsync = promisify(execFile);
 const protoPath = join(dirname(fileURLToPath(import.meta.url)), 'Flight.proto');
 
 /** A Flight error: a gRPC status with a message meant for the person at the notebook. */
@@ -55,12 +59,24 @@ export interface FlightServerOptions {
   batchRows?: number;
 }
 
+/**
+ * A kernel's connection left open would keep CRIU from checkpointing its runtime (an established TCP
+ * connection makes the idle checkpoint and migrations wait, activities/migration.ts): the server closes
+ * connections idle this long (HTTP/2 GOAWAY), and pyarrow's client opens a new one on its next call.
+ */
+export const defaultIdleConnectionMs = 10_000;
+
 export interface RunningFlightServer {
   port: number;
   /** `grpc://host:port`, what a Flight client connects to. */
   location: string;
+  /** Whether the server listens on the runtimes' address too (it may appear only after start). */
+  listensForRuntimes(): boolean;
   close(): Promise<void>;
 }
+
+/** How often the runtimes' address is tried again while it does not exist yet (podman makes its bridge with the first container). */
+const runtimeBindRetryMs = 5_000;
 
 /** Wire messages as proto-loader decodes them (keepCase). */
 interface FlightDescriptorMessage {
@@ -291,19 +307,50 @@ export function createFlightService(opts: FlightServerOptions): { definition: gr
 }
 
 /** Starts the service on `host:port` (0: a free port). */
-export async function startFlightServer(opts: FlightServerOptions & { host: string; port: number }): Promise<RunningFlightServer> {
+export async function startFlightServer(
+  opts: FlightServerOptions & {
+    host: string;
+    port: number;
+    /** An address of this machine that runtime containers reach (podman's bridge gateway), listened on as well, on the same port. */
+    runtimeHost?: string | undefined;
+    idleConnectionMs?: number;
+  },
+): Promise<RunningFlightServer> {
   mkdirSync(opts.datasetsDir, { recursive: true });
-  const server = new grpc.Server({ 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const server = new grpc.Server({
+    'grpc.max_send_message_length': -1,
+    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    'grpc.max_connection_idle_ms': opts.idleConnectionMs ?? defaultIdleConnectionMs,
+  });
   const { definition, handlers } = createFlightService(opts);
   server.addService(definition, handlers);
-  const address = opts.host.includes(':') ? `[${opts.host}]:${opts.port}` : `${opts.host}:${opts.port}`;
-  const port = await new Promise<number>((resolve, reject) => server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  const hostPort = (host: string, port: number) => (host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`);
+  const bind = (address: string) =>
+    new Promise<number>((resolve, reject) => server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  const port = await bind(hostPort(opts.host, opts.port));
+  let forRuntimes = opts.runtimeHost === undefined || opts.runtimeHost === opts.host || ['0.0.0.0', '::'].includes(opts.host);
+  let retry: NodeJS.Timeout | undefined;
+  const bindForRuntimes = async () => {
+    try {
+      await bind(hostPort(opts.runtimeHost!, port));
+      forRuntimes = true;
+      opts.log.info({ address: hostPort(opts.runtimeHost!, port) }, 'data service listening for runtimes');
+    } catch (err) {
+      // Most often the bridge is not there yet: podman makes it when it starts the first container.
+      opts.log.debug({ err, address: opts.runtimeHost }, 'the runtimes address is not there yet; trying again');
+      retry = setTimeout(() => void bindForRuntimes(), runtimeBindRetryMs);
+      retry.unref();
+    }
+  };
+  if (!forRuntimes) await bindForRuntimes();
   const connectHost = opts.host === '0.0.0.0' ? '127.0.0.1' : opts.host;
   return {
     port,
     location: `grpc://${connectHost.includes(':') ? `[${connectHost}]` : connectHost}:${port}`,
+    listensForRuntimes: () => forRuntimes,
     close: () =>
       new Promise<void>((resolve) => {
+        clearTimeout(retry);
         // Running streams get a few seconds to finish, then are cut.
         const force = setTimeout(() => server.forceShutdown(), 5000);
         server.tryShutdown(() => {
@@ -312,6 +359,12 @@ export async function startFlightServer(opts: FlightServerOptions & { host: stri
         });
       }),
   };
+}
+
+/** The gateway of podman's default network on this machine: what its containers reach as host.containers.internal. */
+export async function podmanGateway(): Promise<string | undefined> {
+  const { stdout } = await execFileAsync('podman', ['network', 'inspect', 'podman', '--format', '{{range .Subnets}}{{.Gateway}} {{end}}'], { timeout: 30_000 });
+  return stdout.trim().split(/\s+/).find((a) => isIP(a) !== 0);
 }
 
 // ---------------------------------------------------------------- the process (started by scripts/start)
@@ -326,9 +379,16 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   const pool = createPool(config.database.url, { max: 5, application: 'markco-flight' });
   const store = createStore(pool);
   const auth = createAuth({ sessions: store.sessions, adminToken: undefined, secureCookies: false });
-  const access = createFlightAccess({ auth, memberships: store.memberships, users: store.users });
-  const running = await startFlightServer({ host: config.http.host, port: config.flight.port, datasetsDir: config.flight.datasetsDir, access, log });
-  log.info({ location: running.location, datasetsDir: config.flight.datasetsDir }, 'data service (Arrow Flight) listening');
+  const access = createFlightAccess({ auth, dataTokens: store.dataTokens, memberships: store.memberships, users: store.users });
+  let runtimeHost: string | undefined;
+  if (config.flight.runtimeHost === 'podman') {
+    runtimeHost = await podmanGateway().catch((err: unknown) => {
+      log.warn({ err }, "podman's network has no gateway to listen on: runtimes will not reach the data service (MARKCO_FLIGHT_RUNTIME_HOST)");
+      return undefined;
+    });
+  } else if (config.flight.runtimeHost) runtimeHost = config.flight.runtimeHost;
+  const running = await startFlightServer({ host: config.http.host, port: config.flight.port, datasetsDir: config.flight.datasetsDir, access, log, runtimeHost });
+  log.info({ location: running.location, runtimeHost, datasetsDir: config.flight.datasetsDir }, 'data service (Arrow Flight) listening');
   const stop = async (signal: string) => {
     log.info({ signal }, 'data service stopping');
     await running.close();

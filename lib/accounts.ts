@@ -48,6 +48,9 @@ export const sessionLifetimeMs = 30 * 24 * 3600 * 1000;
 /** Sliding renewal: a session used within its last days is extended, at most once per this interval. */
 const renewAfterMs = 24 * 3600 * 1000;
 
+/** Data-service tokens start with this, so the data service tells them from edge sessions without a second lookup. */
+export const dataTokenPrefix = 'mkd_';
+
 export function hashToken(token: string): Buffer {
   return createHash('sha256').update(token, 'utf8').digest();
 }
@@ -131,6 +134,29 @@ export function createAccounts(pool: pg.Pool) {
 
       async revoke(token: string): Promise<void> {
         await pool.query('UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL', [hashToken(token)]);
+      },
+    },
+
+    /**
+     * Tokens a user's kernels read the data service with (infra/db/migrations/0009_data_tokens.sql): one
+     * for each runtime container made, good for nothing but the data service, as long as the user.
+     */
+    dataTokens: {
+      /** A new token for a runtime container about to be made; the returned token is the only copy. */
+      async issue(userId: string): Promise<string> {
+        const token = `${dataTokenPrefix}${randomBytes(32).toString('base64url')}`;
+        await pool.query('INSERT INTO data_tokens (token_hash, user_id) VALUES ($1, $2)', [hashToken(token), userId]);
+        return token;
+      },
+
+      /** The user of a data token (the user not being deleted). */
+      async resolve(token: string): Promise<UserRecord | undefined> {
+        if (!token.startsWith(dataTokenPrefix) || token.length > 200) return undefined;
+        const r = await pool.query<UserRow>(
+          'SELECT u.* FROM data_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND u.deleting_at IS NULL',
+          [hashToken(token)],
+        );
+        return r.rows[0] ? userFromRow(r.rows[0]) : undefined;
       },
     },
   };

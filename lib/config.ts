@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { defaultDataDir, defaultToolsDir } from './paths.js';
@@ -145,6 +146,14 @@ const ConfigSchema = z.object({
   // The data service (Arrow Flight over DuckDB, flight/server.ts): its port and the datasets it serves.
   MARKCO_FLIGHT_PORT: port(8815),
   MARKCO_DATASETS_DIR: optionalString,
+  // Where runtimes on the base server reach it: `podman` (the gateway of podman's default network, which
+  // a container knows as host.containers.internal), an IP address of this machine, or `none` (runtimes
+  // get no data service).
+  MARKCO_FLIGHT_RUNTIME_HOST: z
+    .string()
+    .trim()
+    .default('podman')
+    .refine((v) => v === 'podman' || v === 'none' || isIP(v) !== 0, { message: "expected 'podman', 'none' or an IP address of this machine" }),
 
   // Elastic compute: the tier ladder per plan (JSON; lib/tiers.ts has the default and the rules).
   MARKCO_TIER_LADDER: optionalString,
@@ -236,6 +245,8 @@ export interface Config {
     archivesDir: string;
     /** An idle checkpoint also removes the editor; the next visit makes it again. */
     idleStopsEditor: boolean;
+    /** The data service as runtimes reach it; absent when MARKCO_FLIGHT_RUNTIME_HOST=none. */
+    dataService?: { url: string };
   };
   /** The resource monitor's sampling interval and idle time. */
   monitor: { intervalMs: number; idleAfterMs: number };
@@ -248,8 +259,11 @@ export interface Config {
   cloud: CloudConfig;
   /** Published pages: the mrmd reader script they load, the render cache's size, browsers' and CDNs' max-age. */
   publish: { readerScriptUrl: string | null; cacheBytes: number; pageMaxAgeSeconds: number };
-  /** The data service: its port (on MARKCO_HOST) and the datasets directory (absolute). */
-  flight: { port: number; datasetsDir: string };
+  /**
+   * The data service: its port (on MARKCO_HOST), the datasets directory (absolute), and the address it
+   * also listens on for runtimes (`podman`: the gateway of podman's network, looked up when it starts; null: none).
+   */
+  flight: { port: number; datasetsDir: string; runtimeHost: string | null };
 }
 
 /** The sign-in providers and the mail transport (lib/sign-in-providers.ts, lib/mail.ts). */
@@ -449,11 +463,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       scaleDownAfterMs: c.MARKCO_SCALE_DOWN_AFTER_S * 1000,
       archivesDir: resolve(c.MARKCO_ARCHIVES_DIR ?? join(c.MARKCO_DATA_DIR, 'archives')),
       idleStopsEditor: c.MARKCO_IDLE_STOP_EDITOR,
+      ...(c.MARKCO_FLIGHT_RUNTIME_HOST === 'none' ? {} : { dataService: { url: runtimeDataUrl(c.MARKCO_FLIGHT_RUNTIME_HOST, c.MARKCO_FLIGHT_PORT) } }),
     },
     monitor: { intervalMs: c.MARKCO_MONITOR_INTERVAL_MS, idleAfterMs: c.MARKCO_IDLE_AFTER_S * 1000 },
     publish: { readerScriptUrl: c.MARKCO_PUBLISH_READER_URL ?? null, cacheBytes: c.MARKCO_PUBLISH_CACHE_MB * 1024 * 1024, pageMaxAgeSeconds: c.MARKCO_PUBLISH_PAGE_MAX_AGE_S },
-    flight: { port: c.MARKCO_FLIGHT_PORT, datasetsDir: resolve(c.MARKCO_DATASETS_DIR ?? join(c.MARKCO_DATA_DIR, 'datasets')) },
+    flight: {
+      port: c.MARKCO_FLIGHT_PORT,
+      datasetsDir: resolve(c.MARKCO_DATASETS_DIR ?? join(c.MARKCO_DATA_DIR, 'datasets')),
+      runtimeHost: c.MARKCO_FLIGHT_RUNTIME_HOST === 'none' ? null : c.MARKCO_FLIGHT_RUNTIME_HOST,
+    },
   };
+}
+
+/** The data service's URL as a runtime container has it: podman's own name for its gateway, or the address given. */
+export function runtimeDataUrl(runtimeHost: string, port: number): string {
+  const host = runtimeHost === 'podman' ? 'host.containers.internal' : isIP(runtimeHost) === 6 ? `[${runtimeHost}]` : runtimeHost;
+  return `grpc://${host}:${port}`;
 }
 
 /** The variables, for the README's configuration reference test. */

@@ -79,7 +79,7 @@ describe('the data service: Arrow Flight over DuckDB, through pyarrow.flight', (
       host: '127.0.0.1',
       port: 0,
       datasetsDir,
-      access: createFlightAccess({ auth, memberships: db.store.memberships, users: db.store.users }),
+      access: createFlightAccess({ auth, dataTokens: db.store.dataTokens, memberships: db.store.memberships, users: db.store.users }),
       log: createLogger({ level: 'warn', name: 'flight-test' }),
     });
   });

@@ -89,3 +89,16 @@ test('checkpoint archives in S3 are encrypted by default; KMS takes a key id, ot
   assert.throws(() => loadConfig({ MARKCO_S3_SSE: 'aes' }), (err: ConfigError) => /MARKCO_S3_SSE/.test(err.message));
   assert.throws(() => loadConfig({ MARKCO_S3_PART_MIB: '4' }), (err: ConfigError) => /MARKCO_S3_PART_MIB/.test(err.message));
 });
+
+test('runtimes reach the data service at podman’s gateway by default, at a given address, or not at all', () => {
+  const byDefault = loadConfig({});
+  assert.equal(byDefault.flight.runtimeHost, 'podman');
+  assert.deepEqual(byDefault.environment.dataService, { url: 'grpc://host.containers.internal:8815' });
+  const given = loadConfig({ MARKCO_FLIGHT_RUNTIME_HOST: '10.88.0.1', MARKCO_FLIGHT_PORT: '9000' });
+  assert.equal(given.flight.runtimeHost, '10.88.0.1');
+  assert.deepEqual(given.environment.dataService, { url: 'grpc://10.88.0.1:9000' });
+  const none = loadConfig({ MARKCO_FLIGHT_RUNTIME_HOST: 'none' });
+  assert.equal(none.flight.runtimeHost, null);
+  assert.equal(none.environment.dataService, undefined);
+  assert.throws(() => loadConfig({ MARKCO_FLIGHT_RUNTIME_HOST: 'gateway.example' }), (err: ConfigError) => /MARKCO_FLIGHT_RUNTIME_HOST/.test(err.message) && /IP address/.test(err.message));
+});

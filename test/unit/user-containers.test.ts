@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { runContainerArgs } from '../../activities/podman-commands.js';
+import { runContainerArgs, runContainerCommand } from '../../activities/podman-commands.js';
+import { LocalShell } from '../../activities/host-shell.js';
 import { hasCapability } from '../../activities/hosts.js';
 import {
   containerUserFor,
@@ -38,6 +39,26 @@ test('the runtime gets its plan limits, one loopback port, the user files as hom
   assert.ok(flagValues(args, '--security-opt').includes('no-new-privileges'));
   assert.deepEqual(planLimits.free, { memoryBytes: 256 * 1024 * 1024, cpus: 0.5 });
   assert.deepEqual(planLimits.team, { memoryBytes: 1024 * 1024 * 1024, cpus: 2 });
+});
+
+test('a runtime given the data service gets its URL in the environment and its token only on stdin', async () => {
+  const token = 'mkd_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG';
+  const spec = runtimeContainerSpec({
+    userId: userA, image: 'img', homeDir: '/data/users/a', user: { uid: 1000, gid: 1000 }, limits: planLimits.free, hostPort: 40001, publishAddress: '127.0.0.1',
+    data: { url: 'grpc://host.containers.internal:8815', token },
+  });
+  assert.throws(() => runContainerArgs(spec), /runContainerCommand/);
+  const { argv, stdin } = runContainerCommand(spec);
+  assert.ok(!argv.some((a) => a.includes(token)), 'the token is on no command line');
+  assert.equal(stdin, `${token}\n`);
+  const podman = argv.indexOf('podman');
+  assert.deepEqual(flagValues(argv.slice(podman), '--env'), ['MARKCO_DATA_TOKEN', 'HOME=/home/user', 'MARKCO_DATA_URL=grpc://host.containers.internal:8815']);
+  // The wrapper really hands the value to the command it runs (here a shell printing it, in podman's place).
+  const shell = new LocalShell('base', { commandTimeoutMs: 10_000 });
+  const printed = await shell.run([...argv.slice(0, podman), 'sh', '-c', 'printf %s "$MARKCO_DATA_TOKEN"'], { stdin });
+  assert.equal(printed.stdout, token);
+  assert.throws(() => runContainerCommand({ ...spec, secretEnv: { MARKCO_DATA_TOKEN: 'a\nb' } }), /line break/);
+  assert.deepEqual(runContainerCommand({ name: 'a', image: 'x' }), { argv: runContainerArgs({ name: 'a', image: 'x' }) });
 });
 
 test('the editor is told where its runtime is and which base path it is served under', () => {

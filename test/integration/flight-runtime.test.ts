@@ -1,0 +1,206 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { DuckDBInstance } from '@duckdb/node-api';
+import type { Client } from '@temporalio/client';
+import type { Worker } from '@temporalio/worker';
+import { request } from 'undici';
+import { createAuth } from '../../api/auth.js';
+import type { HostShells } from '../../activities/host-shell.js';
+import { createFlightAccess } from '../../flight/auth.js';
+import { podmanGateway, startFlightServer, type RunningFlightServer } from '../../flight/server.js';
+import { waitFor } from '../../infra/dev/processes.js';
+import { runtimeDataUrl } from '../../lib/config.js';
+import { createLogger } from '../../lib/logger.js';
+import { entityStateQuery } from '../../workflows/contracts/runtime-entity.js';
+import { workflowIds } from '../../workflows/contracts/operations.js';
+import { emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, stopTestWorker, temporalClient, testEnvironment, testShells, type TestDatabase, useHarness } from '../support/context.js';
+import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
+import { hostEnvShell } from '../support/netns.js';
+
+/**
+ * The data service from inside a notebook, as its user meets it: a runtime container made by a login gets
+ * the service's address and a data token of its own (MARKCO_DATA_URL, MARKCO_DATA_TOKEN); a cell reads its
+ * user's dataset with pyarrow.flight over podman's bridge, gets what DuckDB computes on the file, is refused
+ * another user's dataset, and the token opens nothing on the edge. The kernel that used the service is then
+ * checkpointed (its connection closed by the server when idle, or CRIU could not move it) and returns, and
+ * reads again with the same token.
+ */
+describe('the data service from a runtime', () => {
+  const h = useHarness({ hosts: 0 });
+  let db: TestDatabase;
+  let shells: HostShells;
+  let worker: Worker;
+  let running: Promise<void>;
+  let closeWorker: () => Promise<void>;
+  let edge: RunningEdge;
+  let flight: RunningFlightServer;
+  let temporal: { client: Client; close: () => Promise<void> };
+  let datasetsDir: string;
+  let userId: string;
+  let username: string;
+  let otherUsername: string;
+  let cookie: string;
+  let expected: { rows: number; fareSum: number };
+
+  const call = async (path: string, init: { body?: unknown; admin?: boolean; headers?: Record<string, string> } = {}) => {
+    const res = await request(`${edge.url}${path}`, {
+      method: init.body === undefined ? 'GET' : 'POST',
+      headers: {
+        ...(init.headers ?? (init.admin ? { authorization: `Bearer ${testAdminToken}` } : { cookie })),
+        ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}),
+        accept: 'application/json',
+      },
+      body: init.body === undefined ? undefined : JSON.stringify(init.body),
+      headersTimeout: 300_000,
+      bodyTimeout: 300_000,
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, text, json: (text.startsWith('{') ? JSON.parse(text) : undefined) as Record<string, any> };
+  };
+  const execute = async (code: string): Promise<string | null> => {
+    const rt = (await db.store.runtimes.live(userId))!;
+    const res = await call(`/u/${userId}/proxy/${rt.port}/mrp/v1/execute`, { body: { code } });
+    assert.equal(res.status, 200, res.text);
+    return (res.json as { result: string | null }).result;
+  };
+  /** A cell that reads through the data service with the runtime's own address and token; `outcome` is the error's class or the rows. */
+  const readInKernel = (dataset: string, sql: string) =>
+    execute(`
+import os, json, pyarrow.flight as fl
+try:
+    _client = fl.FlightClient(os.environ["MARKCO_DATA_URL"])
+    _options = fl.FlightCallOptions(headers=[(b"authorization", ("Bearer " + os.environ["MARKCO_DATA_TOKEN"]).encode())])
+    _table = _client.do_get(fl.Ticket(json.dumps({"dataset": ${JSON.stringify(dataset)}, "sql": ${JSON.stringify(sql)}})), options=_options).read_all()
+    outcome = json.dumps(_table.to_pylist())
+except Exception as e:
+    outcome = type(e).__name__ + ": " + str(e)[:300]
+outcome`);
+  const unquote = (r: string | null) => (r ?? '').replace(/^'|'$/g, '');
+  const countSql = 'SELECT count(*) AS n, sum(fare) AS fare_sum FROM dataset WHERE fare > 100';
+
+  before(async () => {
+    db = await freshDatabase(h.state);
+    shells = testShells(h.state);
+    await registerBaseHost(db.store, shells);
+    datasetsDir = mkdtempSync(join(tmpdir(), 'markco-flight-runtime-'));
+    const gateway = await podmanGateway();
+    assert.ok(gateway, "podman's default network has no gateway for runtimes to reach the data service on");
+    const auth = createAuth({ sessions: db.store.sessions, adminToken: undefined, secureCookies: false });
+    flight = await startFlightServer({
+      host: '127.0.0.1',
+      port: 0,
+      runtimeHost: gateway,
+      idleConnectionMs: 1000,
+      datasetsDir,
+      access: createFlightAccess({ auth, dataTokens: db.store.dataTokens, memberships: db.store.memberships, users: db.store.users }),
+      log: createLogger({ level: 'warn', name: 'flight-runtime-test' }),
+    });
+    const archives = await emulatorArchiveBucket(h.state);
+    const started = await startTestWorker(h.state, {
+      store: db.store,
+      shells,
+      archives,
+      environment: { ...testEnvironment(h.state), archivesDir: join(h.state.baseHost.dataDir, 'archives'), dataService: { url: runtimeDataUrl('podman', flight.port) } },
+    });
+    worker = started.worker;
+    running = worker.run();
+    closeWorker = () => started.connection.close();
+    edge = await startTestEdge(h.state, db, started.taskQueue);
+    temporal = await temporalClient(h.state);
+
+    const login = await request(`${edge.url}/auth/dev/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'reader@example.test' }) });
+    const body = (await login.body.json()) as { user: { id: string; username: string } };
+    userId = body.user.id;
+    username = body.user.username;
+    cookie = String(login.headers['set-cookie']).split(';')[0]!;
+    const other = (await db.store.users.ensureByEmail({ email: 'someone-else@example.test' })).user;
+    otherUsername = other.username;
+
+    const trips = join(datasetsDir, userId, 'trips.parquet');
+    mkdirSync(join(datasetsDir, userId));
+    mkdirSync(join(datasetsDir, other.id));
+    const duck = await DuckDBInstance.create(':memory:');
+    const c = await duck.connect();
+    await c.run(`COPY (SELECT i AS id, round(i * 0.37, 2)::DOUBLE AS fare FROM range(20000) t(i)) TO '${trips}' (FORMAT parquet)`);
+    await c.run(`COPY (SELECT 1 AS secret) TO '${join(datasetsDir, other.id, 'private.parquet')}' (FORMAT parquet)`);
+    const answer = (await c.runAndReadAll(countSql.replace('FROM dataset', `FROM '${trips}'`))).getRowObjectsJson()[0]!;
+    expected = { rows: Number(answer.n), fareSum: Number(answer.fare_sum) };
+    c.closeSync();
+    duck.closeSync();
+
+    await waitFor('the runtime and editor to run', async () => {
+      const d = await call('/dashboard');
+      if (d.json?.runtime?.state !== 'running' || d.json?.editor?.state !== 'running') throw new Error(d.text);
+    }, { timeoutMs: 240_000, intervalMs: 500 });
+    assert.equal(await execute('x = 42'), null);
+  });
+
+  after(async () => {
+    await edge?.close();
+    const stopped = worker ? await stopTestWorker(worker, running) : undefined;
+    await closeWorker?.();
+    await temporal?.close();
+    await flight?.close();
+    await hostEnvShell(h.state.baseHost).run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${userId}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
+    await shells?.closeAll();
+    await db?.drop();
+    if (datasetsDir) rmSync(datasetsDir, { recursive: true, force: true });
+    if (stopped) throw stopped;
+  });
+
+  test('a cell reads its user’s dataset with the runtime’s own address and token, and gets what DuckDB computes', async () => {
+    assert.ok(flight.listensForRuntimes(), 'the data service listens on podman’s gateway');
+    assert.equal(unquote(await execute('import os; os.environ["MARKCO_DATA_URL"]')), `grpc://host.containers.internal:${flight.port}`);
+    const outcome = unquote(await readInKernel(`${username}/trips`, countSql));
+    const rows = JSON.parse(outcome) as { n: number; fare_sum: number }[];
+    assert.equal(rows[0]!.n, expected.rows, outcome);
+    assert.ok(Math.abs(rows[0]!.fare_sum - expected.fareSum) < 1e-6, outcome);
+  });
+
+  test('the token is kept only as a hash, and never passes through workflow history', async () => {
+    const token = unquote(await execute('os.environ["MARKCO_DATA_TOKEN"]'));
+    assert.match(token, /^mkd_[A-Za-z0-9_-]{43}$/);
+    const stored = await db.store.pool.query<{ token_hash: Buffer }>('SELECT token_hash FROM data_tokens WHERE user_id = $1', [userId]);
+    assert.equal(stored.rows.length, 1, 'one runtime container made, one token');
+    const dump = (await db.store.pool.query('SELECT * FROM data_tokens')).rows.map((r) => JSON.stringify(r)).join('\n');
+    assert.ok(!dump.includes(token), 'the plaintext token is not in the database');
+    const history = await temporal.client.workflow.getHandle(workflowIds.login(userId)).fetchHistory();
+    assert.ok(!JSON.stringify(history).includes(token), 'the token is not in the login’s history');
+  });
+
+  test('another user’s dataset is refused in the kernel, and the data token opens nothing on the edge', async () => {
+    assert.match(unquote(await readInKernel(`${otherUsername}/private`, 'SELECT * FROM dataset')), /^FlightUnauthorizedError/);
+    const token = unquote(await execute('os.environ["MARKCO_DATA_TOKEN"]'));
+    assert.equal((await call('/dashboard', { headers: { authorization: `Bearer ${token}` } })).status, 401, 'as a bearer token');
+    assert.equal((await call('/dashboard', { headers: { cookie: `markco_session=${token}` } })).status, 401, 'as a session cookie');
+    const page = await request(`${edge.url}/u/${userId}/`, { headers: { cookie: `markco_session=${token}`, accept: 'application/json' } });
+    await page.body.text();
+    assert.notEqual(page.statusCode, 200, 'the token does not open the user’s editor');
+  });
+
+  test('a kernel that used the data service is checkpointed, returns with x still 42, and reads again with the same token', async () => {
+    // The server closes the kernel's idle connection after idleConnectionMs; until then CRIU would refuse it.
+    await new Promise((r) => setTimeout(r, 2500));
+    await waitFor('no operation of the user to run', async () => {
+      const entity = await temporal.client.workflow.getHandle(`runtime/${userId}`).query(entityStateQuery);
+      if (entity.running || entity.queue.length > 0) throw new Error(JSON.stringify(entity));
+    }, { timeoutMs: 120_000, intervalMs: 500 });
+    const idle = await call(`/api/runtimes/${userId}/idle?wait=240`, { admin: true, body: {} });
+    assert.equal(idle.status, 200, idle.text);
+    assert.equal(idle.json.status, 'completed', idle.text);
+    assert.equal((await db.store.runtimes.live(userId))?.state, 'checkpointed');
+
+    await request(`${edge.url}/u/${userId}/`, { headers: { cookie, accept: 'text/html' } }).then((r) => r.body.text());
+    await waitFor('the runtime to be back', async () => {
+      const r = await request(`${edge.url}/u/${userId}/`, { headers: { cookie, accept: 'text/html' } });
+      await r.body.text();
+      if (r.statusCode !== 200 || (await db.store.runtimes.live(userId))?.state !== 'running') throw new Error(`status ${r.statusCode}`);
+    }, { timeoutMs: 240_000, intervalMs: 500 });
+    assert.equal(await execute('x'), '42');
+    const outcome = unquote(await readInKernel(`${username}/trips`, countSql));
+    assert.equal((JSON.parse(outcome) as { n: number }[])[0]!.n, expected.rows, outcome);
+  });
+});
