@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { EC2Client } from '@aws-sdk/client-ec2';
 import { ApplicationFailure } from '@temporalio/common';
 import { activitySignal, heartbeat } from './context.js';
-import type { CloudConfig } from '../lib/config.js';
+import type { CloudConfig, DataServiceAccess } from '../lib/config.js';
 import { connectionOf, type HostRecord, type Store } from '../lib/store.js';
 import { defaultTierLadder, gpuTierFor, nextTier, type GpuSettings, type Tier } from '../lib/tiers.js';
 import type { ProvisionedHost } from '../workflows/contracts/elastic.js';
@@ -11,7 +11,7 @@ import { hostIdPattern, minimumCriuVersion, type HostConnection, type HostFacts,
 import { userIdPattern, type Plan } from '../workflows/contracts/users.js';
 import { describeInstanceById, findHostInstances, findManagedInstances, requireCloud, terminateInstanceById } from './ec2.js';
 import { HostConnectError, type HostShells, type HostShell } from './host-shell.js';
-import { compareVersions, criuVersionArgs, parseCriuVersion, parsePodmanVersion, podmanRuntimeArgs, podmanVersionArgs, parseStorageRoots, storageRootsArgs } from './podman-commands.js';
+import { compareVersions, criuVersionArgs, dataForwardArgs, parseCriuVersion, parsePodmanVersion, podmanRuntimeArgs, podmanVersionArgs, parseStorageRoots, storageRootsArgs } from './podman-commands.js';
 import { decideReap, type ReapDecision } from './reap-decisions.js';
 
 export interface HostActivityDeps {
@@ -22,6 +22,8 @@ export interface HostActivityDeps {
   cloud?: CloudConfig;
   tiers?: Record<Plan, Tier[]>;
   gpu?: GpuSettings | null;
+  /** The data service's forward on runtime hosts (dataService.hostsForward), installed when a host is registered. */
+  environment?: { dataService?: DataServiceAccess };
 }
 
 /** Resolves a recorded host to its shell: the one way activities reach a host by id. */
@@ -136,12 +138,15 @@ export function createHostActivities(deps: HostActivityDeps) {
     },
 
     async probeHost(input: { hostId: string }): Promise<HostFacts> {
-      const { shell } = await shellForHost(deps, input.hostId);
+      const { host, shell } = await shellForHost(deps, input.hostId);
       const facts = await probeHostFacts(shell, activitySignal());
       const unsupported = hostUnsupportedReason(facts);
       if (unsupported) {
         throw ApplicationFailure.create({ type: ErrorType.HostUnsupported, message: `host ${input.hostId}: ${unsupported}`, nonRetryable: true, details: [facts] });
       }
+      // Runtimes restored here keep MARKCO_DATA_URL (host.containers.internal): the host forwards it to the data service.
+      const forward = deps.environment?.dataService?.hostsForward;
+      if (forward && host.kind !== 'base') await shell.run(dataForwardArgs(forward.address, forward.port), { timeoutMs: 30_000 });
       return facts;
     },
 

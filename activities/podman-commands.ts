@@ -667,6 +667,33 @@ echo "$sub"`;
   return ['sh', '-c', script, 'markco-sandbox-net', network, comment];
 }
 
+/** The comment on the data-service forward of a runtime host (dataForwardArgs). */
+export const dataForwardComment = 'markco-data-forward';
+
+/**
+ * On a runtime host other than the base server: its runtime containers' connections to the data
+ * service's port at their gateway (host.containers.internal, the name in MARKCO_DATA_URL) are forwarded
+ * to the control plane's address, where the data service listens (MARKCO_FLIGHT_HOSTS_HOST); podman's own
+ * masquerading carries the answers back. A forward to another address or port is replaced. Safe to repeat.
+ * Arguments: the address, the port.
+ */
+export function dataForwardArgs(to: string, port: number): string[] {
+  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(to)) throw new Error(`invalid data service address ${JSON.stringify(to)}: expected an IPv4 address`);
+  assertPort(port);
+  const script = `set -eu
+to=$1; port=$2; tag=${dataForwardComment}
+gw=$(podman network inspect podman --format '{{range .Subnets}}{{.Gateway}} {{end}}' | cut -d' ' -f1)
+sub=$(podman network inspect podman --format '{{range .Subnets}}{{.Subnet}} {{end}}' | cut -d' ' -f1)
+[ -n "$gw" ] && [ -n "$sub" ] || { echo "podman's network has no subnet or gateway" >&2; exit 1; }
+sysctl -qw net.ipv4.ip_forward=1
+iptables -t nat -S PREROUTING | grep -F -- "--comment $tag " | grep -vF -- "-d $gw/32 -p tcp -m tcp --dport $port -m comment --comment $tag -j DNAT --to-destination $to:$port" \\
+  | sed "s/^-A /-D /" | while read -r rule; do eval "iptables -t nat $rule"; done
+iptables -t nat -C PREROUTING -s "$sub" -d "$gw" -p tcp --dport "$port" -m comment --comment "$tag" -j DNAT --to-destination "$to:$port" 2>/dev/null \\
+  || iptables -t nat -I PREROUTING 1 -s "$sub" -d "$gw" -p tcp --dport "$port" -m comment --comment "$tag" -j DNAT --to-destination "$to:$port"
+`;
+  return ['sh', '-c', script, 'markco-data-forward', to, String(port)];
+}
+
 /** Removes what sandboxNetworkArgs made (its rules by their comment, then the network). Safe to repeat. */
 export function removeSandboxNetworkArgs(network: string, comment: string): string[] {
   assertName('network name', network);

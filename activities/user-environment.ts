@@ -8,6 +8,7 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { posix } from 'node:path';
 import { environmentAnswers, httpOk } from '../lib/environment-probe.js';
+import type { DataServiceAccess } from '../lib/config.js';
 import { reachableAddressOf, type HostRecord, type Store } from '../lib/store.js';
 import type { EditorRecord, RuntimeRecord } from '../lib/runtime-store.js';
 import { ErrorType } from '../workflows/contracts/errors.js';
@@ -63,7 +64,7 @@ export interface UserEnvironmentConfig {
    * The data service as runtimes reach it (flight/server.ts): a new runtime container gets its URL and a
    * data token of its own in MARKCO_DATA_URL and MARKCO_DATA_TOKEN. Absent: runtimes get neither.
    */
-  dataService?: { url: string };
+  dataService?: DataServiceAccess;
 }
 
 function fail(type: ErrorType, message: string): never {
@@ -309,6 +310,8 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
       }
       if (row.hostId !== host.id) fail(ErrorType.Conflict, `the runtime of user ${input.userId} is on host ${row.hostId}, not ${host.id}`);
       let current = row;
+      // One token per activity run, however many times ensureContainer tries `podman run`.
+      let dataToken: string | undefined;
       await ensureContainer(
         shell,
         current.containerName,
@@ -323,7 +326,7 @@ export function createUserEnvironmentActivities(deps: UserEnvironmentDeps) {
               hostPort: current.port!,
               publishAddress: current.address ?? address,
               // Issued in this activity and handed to podman on stdin: the token is never in workflow history.
-              ...(env.dataService ? { data: { url: env.dataService.url, token: await store.dataTokens.issue(input.userId) } } : {}),
+              ...(env.dataService ? { data: { url: env.dataService.url, token: (dataToken ??= await store.dataTokens.issue(input.userId)) } } : {}),
             }),
           ),
         async () => {

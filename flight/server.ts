@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
@@ -70,12 +71,12 @@ export interface RunningFlightServer {
   port: number;
   /** `grpc://host:port`, what a Flight client connects to. */
   location: string;
-  /** Whether the server listens on the runtimes' address too (it may appear only after start). */
-  listensForRuntimes(): boolean;
+  /** The addresses it listens on by now (a runtimes address may appear only after start). */
+  listeningOn(): string[];
   close(): Promise<void>;
 }
 
-/** How often the runtimes' address is tried again while it does not exist yet (podman makes its bridge with the first container). */
+/** How often a runtimes address that does not exist yet is looked for (podman makes its bridge with the first container). */
 const runtimeBindRetryMs = 5_000;
 
 /** Wire messages as proto-loader decodes them (keepCase). */
@@ -311,9 +312,14 @@ export async function startFlightServer(
   opts: FlightServerOptions & {
     host: string;
     port: number;
-    /** An address of this machine that runtime containers reach (podman's bridge gateway), listened on as well, on the same port. */
-    runtimeHost?: string | undefined;
+    /**
+     * Addresses of this machine where runtimes reach the service (podman's bridge gateway, the address
+     * runtime hosts forward to), listened on as well, on the same port, as soon as each exists.
+     */
+    alsoListenOn?: readonly string[];
     idleConnectionMs?: number;
+    /** How often an address not on this machine yet is looked for again (default 5 s). */
+    addressPollMs?: number;
   },
 ): Promise<RunningFlightServer> {
   mkdirSync(opts.datasetsDir, { recursive: true });
@@ -328,29 +334,47 @@ export async function startFlightServer(
   const bind = (address: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
   const port = await bind(hostPort(opts.host, opts.port));
-  let forRuntimes = opts.runtimeHost === undefined || opts.runtimeHost === opts.host || ['0.0.0.0', '::'].includes(opts.host);
-  let retry: NodeJS.Timeout | undefined;
-  const bindForRuntimes = async () => {
+  const wildcard = ['0.0.0.0', '::'].includes(opts.host);
+  const listening = new Set<string>([opts.host]);
+  const waits = new Set<NodeJS.Timeout>();
+  let closed = false;
+  const isLocalAddress = (address: string) =>
+    Object.values(networkInterfaces()).some((addrs) => addrs?.some((a) => a.address === address));
+  // grpc-js remembers a failed bind and answers every later one on that address with the same error, so
+  // the server binds an address once, after it exists (podman makes its bridge with the first container).
+  const bindWhenThere = async (address: string, waitedBefore: boolean) => {
+    if (closed) return;
+    if (!isLocalAddress(address)) {
+      if (!waitedBefore) opts.log.warn({ address }, 'a runtimes address is not on this machine yet; the data service will listen there once it is');
+      const wait = setTimeout(() => {
+        waits.delete(wait);
+        void bindWhenThere(address, true);
+      }, opts.addressPollMs ?? runtimeBindRetryMs);
+      wait.unref();
+      waits.add(wait);
+      return;
+    }
     try {
-      await bind(hostPort(opts.runtimeHost!, port));
-      forRuntimes = true;
-      opts.log.info({ address: hostPort(opts.runtimeHost!, port) }, 'data service listening for runtimes');
+      await bind(hostPort(address, port));
+      listening.add(address);
+      opts.log.info({ address: hostPort(address, port) }, 'data service listening for runtimes');
     } catch (err) {
-      // Most often the bridge is not there yet: podman makes it when it starts the first container.
-      opts.log.debug({ err, address: opts.runtimeHost }, 'the runtimes address is not there yet; trying again');
-      retry = setTimeout(() => void bindForRuntimes(), runtimeBindRetryMs);
-      retry.unref();
+      opts.log.error({ err, address: hostPort(address, port) }, 'the data service cannot listen for runtimes there');
     }
   };
-  if (!forRuntimes) await bindForRuntimes();
-  const connectHost = opts.host === '0.0.0.0' ? '127.0.0.1' : opts.host;
+  for (const address of new Set(opts.alsoListenOn ?? [])) {
+    if (wildcard) listening.add(address);
+    else if (!listening.has(address)) await bindWhenThere(address, false);
+  }
+  const connectHost = wildcard ? '127.0.0.1' : opts.host;
   return {
     port,
     location: `grpc://${connectHost.includes(':') ? `[${connectHost}]` : connectHost}:${port}`,
-    listensForRuntimes: () => forRuntimes,
+    listeningOn: () => [...listening],
     close: () =>
       new Promise<void>((resolve) => {
-        clearTimeout(retry);
+        closed = true;
+        for (const wait of waits) clearTimeout(wait);
         // Running streams get a few seconds to finish, then are cut.
         const force = setTimeout(() => server.forceShutdown(), 5000);
         server.tryShutdown(() => {
@@ -380,15 +404,18 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   const store = createStore(pool);
   const auth = createAuth({ sessions: store.sessions, adminToken: undefined, secureCookies: false });
   const access = createFlightAccess({ auth, dataTokens: store.dataTokens, memberships: store.memberships, users: store.users });
-  let runtimeHost: string | undefined;
+  const alsoListenOn: string[] = [];
   if (config.flight.runtimeHost === 'podman') {
-    runtimeHost = await podmanGateway().catch((err: unknown) => {
-      log.warn({ err }, "podman's network has no gateway to listen on: runtimes will not reach the data service (MARKCO_FLIGHT_RUNTIME_HOST)");
-      return undefined;
+    const gateway = await podmanGateway().catch((err: unknown) => {
+      log.warn({ err }, "podman's network could not be inspected: runtimes on this server will not reach the data service (MARKCO_FLIGHT_RUNTIME_HOST)");
+      return null;
     });
-  } else if (config.flight.runtimeHost) runtimeHost = config.flight.runtimeHost;
-  const running = await startFlightServer({ host: config.http.host, port: config.flight.port, datasetsDir: config.flight.datasetsDir, access, log, runtimeHost });
-  log.info({ location: running.location, runtimeHost, datasetsDir: config.flight.datasetsDir }, 'data service (Arrow Flight) listening');
+    if (gateway) alsoListenOn.push(gateway);
+    else if (gateway === undefined) log.warn("podman's network reports no gateway: runtimes on this server will not reach the data service (MARKCO_FLIGHT_RUNTIME_HOST)");
+  } else if (config.flight.runtimeHost) alsoListenOn.push(config.flight.runtimeHost);
+  if (config.flight.hostsHost) alsoListenOn.push(config.flight.hostsHost);
+  const running = await startFlightServer({ host: config.http.host, port: config.flight.port, datasetsDir: config.flight.datasetsDir, access, log, alsoListenOn });
+  log.info({ location: running.location, alsoListenOn, datasetsDir: config.flight.datasetsDir }, 'data service (Arrow Flight) listening');
   const stop = async (signal: string) => {
     log.info({ signal }, 'data service stopping');
     await running.close();

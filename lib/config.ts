@@ -146,14 +146,18 @@ const ConfigSchema = z.object({
   // The data service (Arrow Flight over DuckDB, flight/server.ts): its port and the datasets it serves.
   MARKCO_FLIGHT_PORT: port(8815),
   MARKCO_DATASETS_DIR: optionalString,
-  // Where runtimes on the base server reach it: `podman` (the gateway of podman's default network, which
-  // a container knows as host.containers.internal), an IP address of this machine, or `none` (runtimes
-  // get no data service).
+  // Where runtimes on the base server reach it, which is where host.containers.internal points in their
+  // containers: `podman` (the gateway of podman's default network, looked up), that gateway's IP address
+  // given, or `none` (runtimes get no data service).
   MARKCO_FLIGHT_RUNTIME_HOST: z
     .string()
     .trim()
     .default('podman')
     .refine((v) => v === 'podman' || v === 'none' || isIP(v) !== 0, { message: "expected 'podman', 'none' or an IP address of this machine" }),
+  // Where runtimes on other hosts (EC2) reach it: an IP address of this machine those hosts reach (its
+  // private address). The service listens there too, and every host registered forwards its runtimes'
+  // connections to host.containers.internal:<port> there. Unset: runtimes on other hosts have none.
+  MARKCO_FLIGHT_HOSTS_HOST: optionalString.refine((v) => v === undefined || isIP(v) !== 0, { message: 'expected an IP address of this machine that runtime hosts reach' }),
 
   // Elastic compute: the tier ladder per plan (JSON; lib/tiers.ts has the default and the rules).
   MARKCO_TIER_LADDER: optionalString,
@@ -246,7 +250,7 @@ export interface Config {
     /** An idle checkpoint also removes the editor; the next visit makes it again. */
     idleStopsEditor: boolean;
     /** The data service as runtimes reach it; absent when MARKCO_FLIGHT_RUNTIME_HOST=none. */
-    dataService?: { url: string };
+    dataService?: DataServiceAccess;
   };
   /** The resource monitor's sampling interval and idle time. */
   monitor: { intervalMs: number; idleAfterMs: number };
@@ -263,7 +267,15 @@ export interface Config {
    * The data service: its port (on MARKCO_HOST), the datasets directory (absolute), and the address it
    * also listens on for runtimes (`podman`: the gateway of podman's network, looked up when it starts; null: none).
    */
-  flight: { port: number; datasetsDir: string; runtimeHost: string | null };
+  flight: { port: number; datasetsDir: string; runtimeHost: string | null; hostsHost: string | null };
+}
+
+/** The data service as runtime containers reach it (flight/server.ts, docs/flight.md). */
+export interface DataServiceAccess {
+  /** MARKCO_DATA_URL of a new runtime container: `grpc://host.containers.internal:<port>`. */
+  url: string;
+  /** Where other hosts forward their runtimes' connections to (MARKCO_FLIGHT_HOSTS_HOST); absent: runtimes on them have no data service. */
+  hostsForward?: { address: string; port: number };
 }
 
 /** The sign-in providers and the mail transport (lib/sign-in-providers.ts, lib/mail.ts). */
@@ -463,7 +475,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       scaleDownAfterMs: c.MARKCO_SCALE_DOWN_AFTER_S * 1000,
       archivesDir: resolve(c.MARKCO_ARCHIVES_DIR ?? join(c.MARKCO_DATA_DIR, 'archives')),
       idleStopsEditor: c.MARKCO_IDLE_STOP_EDITOR,
-      ...(c.MARKCO_FLIGHT_RUNTIME_HOST === 'none' ? {} : { dataService: { url: runtimeDataUrl(c.MARKCO_FLIGHT_RUNTIME_HOST, c.MARKCO_FLIGHT_PORT) } }),
+      ...(c.MARKCO_FLIGHT_RUNTIME_HOST === 'none'
+        ? {}
+        : {
+            dataService: {
+              url: runtimeDataUrl(c.MARKCO_FLIGHT_PORT),
+              ...(c.MARKCO_FLIGHT_HOSTS_HOST ? { hostsForward: { address: c.MARKCO_FLIGHT_HOSTS_HOST, port: c.MARKCO_FLIGHT_PORT } } : {}),
+            },
+          }),
     },
     monitor: { intervalMs: c.MARKCO_MONITOR_INTERVAL_MS, idleAfterMs: c.MARKCO_IDLE_AFTER_S * 1000 },
     publish: { readerScriptUrl: c.MARKCO_PUBLISH_READER_URL ?? null, cacheBytes: c.MARKCO_PUBLISH_CACHE_MB * 1024 * 1024, pageMaxAgeSeconds: c.MARKCO_PUBLISH_PAGE_MAX_AGE_S },
@@ -471,14 +490,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       port: c.MARKCO_FLIGHT_PORT,
       datasetsDir: resolve(c.MARKCO_DATASETS_DIR ?? join(c.MARKCO_DATA_DIR, 'datasets')),
       runtimeHost: c.MARKCO_FLIGHT_RUNTIME_HOST === 'none' ? null : c.MARKCO_FLIGHT_RUNTIME_HOST,
+      hostsHost: c.MARKCO_FLIGHT_RUNTIME_HOST === 'none' ? null : (c.MARKCO_FLIGHT_HOSTS_HOST ?? null),
     },
   };
 }
 
-/** The data service's URL as a runtime container has it: podman's own name for its gateway, or the address given. */
-export function runtimeDataUrl(runtimeHost: string, port: number): string {
-  const host = runtimeHost === 'podman' ? 'host.containers.internal' : isIP(runtimeHost) === 6 ? `[${runtimeHost}]` : runtimeHost;
-  return `grpc://${host}:${port}`;
+/**
+ * The data service's URL as a runtime container has it: podman's name for the gateway of the host the
+ * container is on, a name rather than an address because a restored runtime keeps its checkpoint's
+ * environment on whatever host it lands (MARKCO_FLIGHT_RUNTIME_HOST only says where to listen).
+ */
+export function runtimeDataUrl(port: number): string {
+  return `grpc://host.containers.internal:${port}`;
 }
 
 /** The variables, for the README's configuration reference test. */

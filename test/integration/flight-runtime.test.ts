@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -16,9 +17,12 @@ import { runtimeDataUrl } from '../../lib/config.js';
 import { createLogger } from '../../lib/logger.js';
 import { entityStateQuery } from '../../workflows/contracts/runtime-entity.js';
 import { workflowIds } from '../../workflows/contracts/operations.js';
+import type { registerHost } from '../../workflows/register-host.js';
+import type { MigrateRuntimeResult } from '../../workflows/contracts/elastic.js';
+import { createOperations } from '../../lib/operations.js';
 import { emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, stopTestWorker, temporalClient, testEnvironment, testShells, type TestDatabase, useHarness } from '../support/context.js';
 import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
-import { hostEnvShell } from '../support/netns.js';
+import { hostEnvShell, podmanOn, storageConf } from '../support/netns.js';
 
 /**
  * The data service from inside a notebook, as its user meets it: a runtime container made by a login gets
@@ -44,6 +48,8 @@ describe('the data service from a runtime', () => {
   let otherUsername: string;
   let cookie: string;
   let expected: { rows: number; fareSum: number };
+  let gateway: string;
+  let taskQueue: string;
 
   const call = async (path: string, init: { body?: unknown; admin?: boolean; headers?: Record<string, string> } = {}) => {
     const res = await request(`${edge.url}${path}`, {
@@ -86,14 +92,15 @@ outcome`);
     shells = testShells(h.state);
     await registerBaseHost(db.store, shells);
     datasetsDir = mkdtempSync(join(tmpdir(), 'markco-flight-runtime-'));
-    const gateway = await podmanGateway();
+    gateway = (await podmanGateway())!;
     assert.ok(gateway, "podman's default network has no gateway for runtimes to reach the data service on");
     const auth = createAuth({ sessions: db.store.sessions, adminToken: undefined, secureCookies: false });
     flight = await startFlightServer({
       host: '127.0.0.1',
       port: 0,
-      runtimeHost: gateway,
+      alsoListenOn: [gateway, h.state.network.gateway],
       idleConnectionMs: 1000,
+      addressPollMs: 200,
       datasetsDir,
       access: createFlightAccess({ auth, dataTokens: db.store.dataTokens, memberships: db.store.memberships, users: db.store.users }),
       log: createLogger({ level: 'warn', name: 'flight-runtime-test' }),
@@ -103,8 +110,13 @@ outcome`);
       store: db.store,
       shells,
       archives,
-      environment: { ...testEnvironment(h.state), archivesDir: join(h.state.baseHost.dataDir, 'archives'), dataService: { url: runtimeDataUrl('podman', flight.port) } },
+      environment: {
+        ...testEnvironment(h.state),
+        archivesDir: join(h.state.baseHost.dataDir, 'archives'),
+        dataService: { url: runtimeDataUrl(flight.port), hostsForward: { address: h.state.network.gateway, port: flight.port } },
+      },
     });
+    taskQueue = started.taskQueue;
     worker = started.worker;
     running = worker.run();
     closeWorker = () => started.connection.close();
@@ -145,6 +157,7 @@ outcome`);
     await temporal?.close();
     await flight?.close();
     await hostEnvShell(h.state.baseHost).run(['sh', '-c', `podman ps -a --format '{{.Names}}' | grep -E '^(rt|ed)-${userId}' | xargs -r podman rm --force --time 0`], { okExitCodes: [0, 1, 123] }).catch(() => undefined);
+    if (userId) await podmanOn(h.state.hosts[0]!, ['rm', '--force', '--time', '0', `rt-${userId}`], { okExitCodes: [0, 1] }).catch(() => undefined);
     await shells?.closeAll();
     await db?.drop();
     if (datasetsDir) rmSync(datasetsDir, { recursive: true, force: true });
@@ -152,7 +165,10 @@ outcome`);
   });
 
   test('a cell reads its user’s dataset with the runtime’s own address and token, and gets what DuckDB computes', async () => {
-    assert.ok(flight.listensForRuntimes(), 'the data service listens on podman’s gateway');
+    // podman's bridge may have appeared only with this user's containers: the server listens once it is there.
+    await waitFor('the data service to listen on podman’s gateway', async () => {
+      if (!flight.listeningOn().includes(gateway)) throw new Error(flight.listeningOn().join(', '));
+    }, { timeoutMs: 10_000, intervalMs: 100 });
     assert.equal(unquote(await execute('import os; os.environ["MARKCO_DATA_URL"]')), `grpc://host.containers.internal:${flight.port}`);
     const outcome = unquote(await readInKernel(`${username}/trips`, countSql));
     const rows = JSON.parse(outcome) as { n: number; fare_sum: number }[];
@@ -178,7 +194,7 @@ outcome`);
     assert.equal((await call('/dashboard', { headers: { cookie: `markco_session=${token}` } })).status, 401, 'as a session cookie');
     const page = await request(`${edge.url}/u/${userId}/`, { headers: { cookie: `markco_session=${token}`, accept: 'application/json' } });
     await page.body.text();
-    assert.notEqual(page.statusCode, 200, 'the token does not open the user’s editor');
+    assert.ok([401, 403].includes(page.statusCode), `the token does not open the user’s editor (${page.statusCode})`);
   });
 
   test('a kernel that used the data service is checkpointed, returns with x still 42, and reads again with the same token', async () => {
@@ -202,5 +218,29 @@ outcome`);
     assert.equal(await execute('x'), '42');
     const outcome = unquote(await readInKernel(`${username}/trips`, countSql));
     assert.equal((JSON.parse(outcome) as { n: number }[])[0]!.n, expected.rows, outcome);
+  });
+
+  test('a runtime migrated to an EC2 host reads through the forward its host was registered with', async () => {
+    const remote = h.state.hosts[0]!;
+    // The runtime AMI has the images baked in: the namespace host reads the machine's built images.
+    writeFileSync(remote.env.CONTAINERS_STORAGE_CONF, storageConf(remote.dir, '/var/lib/containers/storage'));
+    const registered = await temporal.client.workflow.execute<typeof registerHost>('registerHost', {
+      taskQueue,
+      workflowId: `${workflowIds.registerHost(remote.hostId)}-${randomBytes(3).toString('hex')}`,
+      args: [{ hostId: remote.hostId, kind: 'ec2', address: remote.address, sshUser: remote.sshUser, hostKey: remote.hostKey, instanceId: `i-${remote.hostId.replace(/[^a-z0-9]/g, '')}`, instanceType: 't3.small' }],
+      workflowExecutionTimeout: '2m',
+    });
+    assert.equal(registered.state, 'ready');
+    const rules = (await hostEnvShell(remote).run(['nsenter', `--net=/var/run/netns/${remote.netns}`, 'iptables', '-t', 'nat', '-S', 'PREROUTING'])).stdout;
+    assert.match(rules, new RegExp(`--to-destination ${h.state.network.gateway.replace(/\./g, '\\.')}:${flight.port}`), rules);
+
+    await new Promise((r) => setTimeout(r, 2500)); // the kernel's last connection closed by the server
+    const ops = createOperations(temporal.client, taskQueue);
+    const moved = (await (await ops.startMigration(userId, { target: 't3.small', targetHostId: remote.hostId })).handle.result()) as MigrateRuntimeResult;
+    assert.equal(moved.targetHostId, remote.hostId);
+    assert.equal(await execute('x'), '42');
+    const outcome = unquote(await readInKernel(`${username}/trips`, countSql));
+    assert.equal((JSON.parse(outcome) as { n: number }[])[0]!.n, expected.rows, outcome);
+    assert.match(unquote(await readInKernel(`${otherUsername}/private`, 'SELECT * FROM dataset')), /^FlightUnauthorizedError/);
   });
 });

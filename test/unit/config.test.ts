@@ -96,9 +96,16 @@ test('runtimes reach the data service at podman’s gateway by default, at a giv
   assert.deepEqual(byDefault.environment.dataService, { url: 'grpc://host.containers.internal:8815' });
   const given = loadConfig({ MARKCO_FLIGHT_RUNTIME_HOST: '10.88.0.1', MARKCO_FLIGHT_PORT: '9000' });
   assert.equal(given.flight.runtimeHost, '10.88.0.1');
-  assert.deepEqual(given.environment.dataService, { url: 'grpc://10.88.0.1:9000' });
+  assert.deepEqual(given.environment.dataService, { url: 'grpc://host.containers.internal:9000' }, 'a name: a restored runtime keeps it on any host');
   const none = loadConfig({ MARKCO_FLIGHT_RUNTIME_HOST: 'none' });
   assert.equal(none.flight.runtimeHost, null);
   assert.equal(none.environment.dataService, undefined);
   assert.throws(() => loadConfig({ MARKCO_FLIGHT_RUNTIME_HOST: 'gateway.example' }), (err: ConfigError) => /MARKCO_FLIGHT_RUNTIME_HOST/.test(err.message) && /IP address/.test(err.message));
+  // Runtimes on EC2 hosts: only with an address of this machine that the hosts reach.
+  assert.equal(byDefault.flight.hostsHost, null);
+  const hosts = loadConfig({ MARKCO_FLIGHT_HOSTS_HOST: '172.31.5.10' });
+  assert.equal(hosts.flight.hostsHost, '172.31.5.10');
+  assert.deepEqual(hosts.environment.dataService, { url: 'grpc://host.containers.internal:8815', hostsForward: { address: '172.31.5.10', port: 8815 } });
+  assert.equal(loadConfig({ MARKCO_FLIGHT_HOSTS_HOST: '172.31.5.10', MARKCO_FLIGHT_RUNTIME_HOST: 'none' }).flight.hostsHost, null);
+  assert.throws(() => loadConfig({ MARKCO_FLIGHT_HOSTS_HOST: 'control-plane' }), (err: ConfigError) => /MARKCO_FLIGHT_HOSTS_HOST/.test(err.message));
 });

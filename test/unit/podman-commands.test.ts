@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  dataForwardArgs,
   parseStorageRoots,
   relocateStoragePaths,
   setCheckpointMemoryLimit,
@@ -86,6 +87,9 @@ test('names and values that could smuggle flags or shell syntax are refused', ()
   assert.throws(() => runContainerArgs({ name: 'a', image: 'x', memoryBytes: 1024 }), /at least 6 MiB/);
   assert.throws(() => runContainerArgs({ name: 'a', image: 'x', volumes: [{ hostPath: 'rel', containerPath: '/x' }] }), /absolute/);
   assert.throws(() => checkpointArgs({ container: 'a', exportPath: 'relative.tar', leaveRunning: true }), /absolute/);
+  assert.throws(() => dataForwardArgs('10.0.0.1; reboot', 8815), /IPv4/);
+  assert.throws(() => dataForwardArgs('10.0.0.1', 0), /invalid port/);
+  assert.deepEqual(dataForwardArgs('10.0.0.1', 8815).slice(-2), ['10.0.0.1', '8815']);
 });
 
 test('every checkpoint prints CRIU statistics; --leave-running and compression are explicit', () => {
