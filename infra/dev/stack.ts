@@ -266,6 +266,8 @@ async function startSimulatedCloud(config: Config, log: Logger, onMoto: (moto: M
         AWS_ENDPOINT_URL: moto.value.endpoint,
         AWS_ACCESS_KEY_ID: credentials.accessKeyId,
         AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
+        // Runtimes on the simulated hosts reach the data service at this machine's side of the bridge.
+        ...(config.flight.runtimeHost !== null && config.flight.hostsHost === null ? { MARKCO_FLIGHT_HOSTS_HOST: net.gateway } : {}),
       },
       subnetId: cloud.subnetId,
       amiIds: cloud.amiIds,

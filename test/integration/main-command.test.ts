@@ -280,6 +280,8 @@ describe('scripts/start', () => {
     assert.equal(workerEnv.get('AWS_ENDPOINT_URL'), cloud.ec2Endpoint);
     assert.equal(workerEnv.get('MARKCO_EC2_SUBNET_ID'), cloud.subnetId);
     assert.equal(workerEnv.get('AWS_ACCESS_KEY_ID'), 'markco-simulated');
+    // Runtimes on the simulated hosts reach the data service at this machine's side of their bridge.
+    assert.equal(workerEnv.get('MARKCO_FLIGHT_HOSTS_HOST'), cloud.network.gateway);
 
     const connection = await Connection.connect({ address: `127.0.0.1:${temporalPort}` });
     try {
