@@ -21,6 +21,7 @@ import { createPublisher } from './publish/publisher.js';
 import { createUpstreamAgent, TunnelRegistry } from './proxy/forward.js';
 import { createRouteTable } from './route-table.js';
 import type { HealthChecks } from './routes/health.js';
+import { flightAnswers } from '../lib/flight-probe.js';
 import { createProxyTraffic } from './metrics.js';
 
 const { TaskQueueType } = proto.temporal.api.enums.v1;
@@ -28,8 +29,9 @@ const { TaskQueueType } = proto.temporal.api.enums.v1;
 /** A worker counts as alive while it long-polls: each poll refreshes its last access (polls last up to ~70 s). */
 const workerFreshMs = 120_000;
 
-export function stackHealthChecks(deps: { pool: Pool; temporal: Connection; namespace: string; taskQueue: string }): HealthChecks {
+export function stackHealthChecks(deps: { pool: Pool; temporal: Connection; namespace: string; taskQueue: string; flightLocation?: string }): HealthChecks {
   return {
+    ...(deps.flightLocation ? { data: () => flightAnswers(deps.flightLocation!).then(() => ({ location: deps.flightLocation })) } : {}),
     database: () => pingDatabase(deps.pool),
     temporal: async () => {
       const info = await deps.temporal.workflowService.getSystemInfo({});
@@ -142,7 +144,17 @@ export async function startEdge(config: Config, log: Logger) {
     log,
   });
   const app = buildApp(
-    { health: stackHealthChecks({ pool, temporal, namespace: config.temporal.namespace, taskQueue: config.temporal.taskQueue }), platform },
+    {
+        health: stackHealthChecks({
+          pool,
+          temporal,
+          namespace: config.temporal.namespace,
+          taskQueue: config.temporal.taskQueue,
+          // The data service runs beside the edge on MARKCO_HOST (scripts/start, markco-flight.service).
+          flightLocation: `grpc://${['0.0.0.0', '::'].includes(config.http.host) ? '127.0.0.1' : config.http.host.includes(':') ? `[${config.http.host}]` : config.http.host}:${config.flight.port}`,
+        }),
+        platform,
+      },
     { logger: log },
   );
   app.addHook('onClose', async () => {

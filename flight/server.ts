@@ -338,6 +338,7 @@ export async function startFlightServer(
   const listening = new Set<string>([opts.host]);
   const waits = new Set<NodeJS.Timeout>();
   let closed = false;
+  let closing: Promise<void> | undefined;
   const isLocalAddress = (address: string) =>
     Object.values(networkInterfaces()).some((addrs) => addrs?.some((a) => a.address === address));
   // grpc-js remembers a failed bind and answers every later one on that address with the same error, so
@@ -372,7 +373,7 @@ export async function startFlightServer(
     location: `grpc://${connectHost.includes(':') ? `[${connectHost}]` : connectHost}:${port}`,
     listeningOn: () => [...listening],
     close: () =>
-      new Promise<void>((resolve) => {
+      (closing ??= new Promise<void>((resolve) => {
         closed = true;
         for (const wait of waits) clearTimeout(wait);
         // Running streams get a few seconds to finish, then are cut.
@@ -381,7 +382,7 @@ export async function startFlightServer(
           clearTimeout(force);
           resolve();
         });
-      }),
+      })),
   };
 }
 

@@ -10,6 +10,7 @@ import { startFlightServer, type RunningFlightServer } from '../../flight/server
 import { waitFor } from '../../infra/dev/processes.js';
 import { createLogger } from '../../lib/logger.js';
 import { defaultToolsDir } from '../../lib/paths.js';
+import { flightAnswers } from '../../lib/flight-probe.js';
 
 /**
  * After a reboot the data service starts before podman has made its bridge, so the address runtimes reach
@@ -73,5 +74,12 @@ except fl.FlightUnauthenticatedError:
     print("unauthenticated")
 `, `grpc://${address}:${server.port}`], { timeout: 60_000 });
     assert.equal(stdout.trim(), 'unauthenticated', 'the server answered at the new address (and asked for a token)');
+  });
+
+  test('the edge’s health probe: the service answers Flight, and a closed port is named as not answering', async () => {
+    assert.deepEqual(await flightAnswers(server.location), { actions: 0 });
+    const closed = `grpc://127.0.0.1:${server.port}`;
+    await server.close();
+    await assert.rejects(flightAnswers(closed, 1000), /the data service at grpc:\/\/127\.0\.0\.1:\d+ did not answer/);
   });
 });

@@ -138,7 +138,7 @@ describe('scripts/start', () => {
       },
       180_000,
     );
-    assert.deepEqual(Object.keys(health.parts).sort(), ['database', 'temporal', 'worker']);
+    assert.deepEqual(Object.keys(health.parts).sort(), ['data', 'database', 'temporal', 'worker']);
     assert.ok(Object.values(health.parts).every((p) => p.status === 'ok'));
 
     // The data service answers Flight (a real client, pyarrow.flight): without a session it is refused.
