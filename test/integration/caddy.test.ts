@@ -122,11 +122,12 @@ describe('Caddy in front of the edge', () => {
     assert.equal(closedWith, undefined, 'an unchanged config is not reloaded, so the WebSocket stays open');
     assert.equal(ws.readyState, ws.OPEN);
 
-    // What Caddy 2.6 does on a real change (docs/runbook.md): every proxied WebSocket is closed, 1001.
+    // What Caddy 2.6 does on a real change (docs/runbook.md): every proxied WebSocket is closed, 1001, or
+    // (seen once in a full run) its connection dropped without a close frame, which a client reports as 1006.
     const changed = structuredClone(config) as { apps: { http: { servers: { markco: Record<string, unknown> } } } };
     changed.apps.http.servers.markco.idle_timeout = '6m';
     assert.equal(await ensureCaddyConfig(adminUrl, changed), 'loaded');
-    await waitFor('the WebSocket to be closed by the reload', async () => assert.equal(closedWith, 1001), { timeoutMs: 10_000, intervalMs: 100 });
+    await waitFor('the WebSocket to be closed by the reload', async () => assert.ok(closedWith === 1001 || closedWith === 1006, `closed with ${closedWith}`), { timeoutMs: 10_000, intervalMs: 100 });
     const again = await front.wsOpen(`/u/${session.id}/events`, session);
     assert.equal(again.status, 101, 'a new WebSocket opens through the reloaded Caddy');
     again.ws?.close();
