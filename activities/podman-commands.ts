@@ -2,6 +2,7 @@
  * podman and CRIU command lines, built by pure functions so every flag is unit-tested, and the parsers
  * for what those commands print. Nothing here runs a process.
  */
+import { isIP } from 'node:net';
 
 /** Applied to every container we create: runc (the runtime CRIU works with here) and ulimits root may set. */
 export const containerDefaults = {
@@ -678,7 +679,7 @@ export const dataForwardComment = 'markco-data-forward';
  * Arguments: the address, the port.
  */
 export function dataForwardArgs(to: string, port: number): string[] {
-  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(to)) throw new Error(`invalid data service address ${JSON.stringify(to)}: expected an IPv4 address`);
+  if (isIP(to) !== 4) throw new Error(`invalid data service address ${JSON.stringify(to)}: expected an IPv4 address`);
   assertPort(port);
   const script = `set -eu
 to=$1; port=$2; tag=${dataForwardComment}

@@ -21,7 +21,7 @@ import { createPublisher } from './publish/publisher.js';
 import { createUpstreamAgent, TunnelRegistry } from './proxy/forward.js';
 import { createRouteTable } from './route-table.js';
 import type { HealthChecks } from './routes/health.js';
-import { flightAnswers } from '../lib/flight-probe.js';
+import { flightAnswers, flightLocation } from '../lib/flight-probe.js';
 import { createProxyTraffic } from './metrics.js';
 
 const { TaskQueueType } = proto.temporal.api.enums.v1;
@@ -145,16 +145,16 @@ export async function startEdge(config: Config, log: Logger) {
   });
   const app = buildApp(
     {
-        health: stackHealthChecks({
-          pool,
-          temporal,
-          namespace: config.temporal.namespace,
-          taskQueue: config.temporal.taskQueue,
-          // The data service runs beside the edge on MARKCO_HOST (scripts/start, markco-flight.service).
-          flightLocation: `grpc://${['0.0.0.0', '::'].includes(config.http.host) ? '127.0.0.1' : config.http.host.includes(':') ? `[${config.http.host}]` : config.http.host}:${config.flight.port}`,
-        }),
-        platform,
-      },
+      health: stackHealthChecks({
+        pool,
+        temporal,
+        namespace: config.temporal.namespace,
+        taskQueue: config.temporal.taskQueue,
+        // The data service runs beside the edge on MARKCO_HOST (scripts/start, markco-flight.service).
+        flightLocation: flightLocation(config.http.host, config.flight.port),
+      }),
+      platform,
+    },
     { logger: log },
   );
   app.addHook('onClose', async () => {

@@ -11,6 +11,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { createAuth } from '../api/auth.js';
 import { loadConfigOrExit } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
+import { flightLocation } from '../lib/flight-probe.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { createStore } from '../lib/store.js';
 import type { UserRecord } from '../lib/accounts.js';
@@ -337,14 +338,13 @@ export async function startFlightServer(
   const wildcard = ['0.0.0.0', '::'].includes(opts.host);
   const listening = new Set<string>([opts.host]);
   const waits = new Set<NodeJS.Timeout>();
-  let closed = false;
   let closing: Promise<void> | undefined;
   const isLocalAddress = (address: string) =>
     Object.values(networkInterfaces()).some((addrs) => addrs?.some((a) => a.address === address));
   // grpc-js remembers a failed bind and answers every later one on that address with the same error, so
   // the server binds an address once, after it exists (podman makes its bridge with the first container).
   const bindWhenThere = async (address: string, waitedBefore: boolean) => {
-    if (closed) return;
+    if (closing) return;
     if (!isLocalAddress(address)) {
       if (!waitedBefore) opts.log.warn({ address }, 'a runtimes address is not on this machine yet; the data service will listen there once it is');
       const wait = setTimeout(() => {
@@ -367,14 +367,12 @@ export async function startFlightServer(
     if (wildcard) listening.add(address);
     else if (!listening.has(address)) await bindWhenThere(address, false);
   }
-  const connectHost = wildcard ? '127.0.0.1' : opts.host;
   return {
     port,
-    location: `grpc://${connectHost.includes(':') ? `[${connectHost}]` : connectHost}:${port}`,
+    location: flightLocation(opts.host, port),
     listeningOn: () => [...listening],
     close: () =>
       (closing ??= new Promise<void>((resolve) => {
-        closed = true;
         for (const wait of waits) clearTimeout(wait);
         // Running streams get a few seconds to finish, then are cut.
         const force = setTimeout(() => server.forceShutdown(), 5000);

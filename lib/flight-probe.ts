@@ -1,5 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 
+/** Where a client on this machine reaches a Flight server bound to `host` (a wildcard bind, on loopback). */
+export function flightLocation(host: string, port: number): string {
+  const connect = ['0.0.0.0', '::'].includes(host) ? '127.0.0.1' : host;
+  return `grpc://${connect.includes(':') ? `[${connect}]` : connect}:${port}`;
+}
+
 /**
  * Whether the data service answers Flight at `location` (`grpc://host:port`): a ListActions call, which it
  * answers without a token (with no actions). Resolves with the number of actions listed; throws with

@@ -9,6 +9,7 @@ import { LocalShell } from '../../activities/host-shell.js';
 import { createEc2Client } from '../../lib/aws.js';
 import { caddyFrontOptions } from '../../lib/caddy-config.js';
 import { loadConfigOrExit, type Config } from '../../lib/config.js';
+import { flightLocation } from '../../lib/flight-probe.js';
 import { migrateUp } from '../../lib/db.js';
 import { createLogger, type Logger } from '../../lib/logger.js';
 import { repoRoot } from '../../lib/paths.js';
@@ -467,7 +468,7 @@ export async function runStack(config: Config, log: Logger): Promise<void> {
         {
           edge: `http://${config.http.host}:${config.http.port}`,
           health: healthUrl,
-          flight: `grpc://${edgeHost}:${config.flight.port}`,
+          flight: flightLocation(config.http.host, config.flight.port),
           datasets: config.flight.datasetsDir,
           temporalUi: temporal?.uiUrl ?? '(external Temporal)',
           temporal: env.TEMPORAL_ADDRESS,
