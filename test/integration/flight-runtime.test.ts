@@ -7,7 +7,6 @@ import { after, before, describe, test } from 'node:test';
 import { DuckDBInstance } from '@duckdb/node-api';
 import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
-import { request } from 'undici';
 import { createAuth } from '../../api/auth.js';
 import type { HostShells } from '../../activities/host-shell.js';
 import { createFlightAccess } from '../../flight/auth.js';
@@ -22,6 +21,7 @@ import type { MigrateRuntimeResult } from '../../workflows/contracts/elastic.js'
 import { createOperations } from '../../lib/operations.js';
 import { emulatorArchiveBucket, freshDatabase, registerBaseHost, startTestWorker, stopTestWorker, temporalClient, testEnvironment, testShells, type TestDatabase, useHarness } from '../support/context.js';
 import { startTestEdge, testAdminToken, type RunningEdge } from '../support/edge.js';
+import { edgeClient, type TestSession } from '../support/edge-client.js';
 import { hostEnvShell, podmanOn, storageConf } from '../support/netns.js';
 
 /**
@@ -46,29 +46,17 @@ describe('the data service from a runtime', () => {
   let userId: string;
   let username: string;
   let otherUsername: string;
-  let cookie: string;
+  let session: TestSession;
   let expected: { rows: number; fareSum: number };
   let gateway: string;
   let taskQueue: string;
 
-  const call = async (path: string, init: { body?: unknown; admin?: boolean; headers?: Record<string, string> } = {}) => {
-    const res = await request(`${edge.url}${path}`, {
-      method: init.body === undefined ? 'GET' : 'POST',
-      headers: {
-        ...(init.headers ?? (init.admin ? { authorization: `Bearer ${testAdminToken}` } : { cookie })),
-        ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}),
-        accept: 'application/json',
-      },
-      body: init.body === undefined ? undefined : JSON.stringify(init.body),
-      headersTimeout: 300_000,
-      bodyTimeout: 300_000,
-    });
-    const text = await res.body.text();
-    return { status: res.statusCode, text, json: (text.startsWith('{') ? JSON.parse(text) : undefined) as Record<string, any> };
-  };
+  const client = edgeClient(() => edge.url);
+  const json = { accept: 'application/json' };
+  const admin = { ...json, authorization: `Bearer ${testAdminToken}` };
   const execute = async (code: string): Promise<string | null> => {
     const rt = (await db.store.runtimes.live(userId))!;
-    const res = await call(`/u/${userId}/proxy/${rt.port}/mrp/v1/execute`, { body: { code } });
+    const res = await client.call(`/u/${userId}/proxy/${rt.port}/mrp/v1/execute`, { session, headers: json, body: { code } });
     assert.equal(res.status, 200, res.text);
     return (res.json as { result: string | null }).result;
   };
@@ -123,11 +111,9 @@ outcome`);
     edge = await startTestEdge(h.state, db, started.taskQueue);
     temporal = await temporalClient(h.state);
 
-    const login = await request(`${edge.url}/auth/dev/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'reader@example.test' }) });
-    const body = (await login.body.json()) as { user: { id: string; username: string } };
-    userId = body.user.id;
-    username = body.user.username;
-    cookie = String(login.headers['set-cookie']).split(';')[0]!;
+    session = await client.devLogin('reader@example.test');
+    userId = session.id;
+    username = (await db.store.users.get(userId))!.username;
     const other = (await db.store.users.ensureByEmail({ email: 'someone-else@example.test' })).user;
     otherUsername = other.username;
 
@@ -144,7 +130,7 @@ outcome`);
     duck.closeSync();
 
     await waitFor('the runtime and editor to run', async () => {
-      const d = await call('/dashboard');
+      const d = await client.call('/dashboard', { session, headers: json });
       if (d.json?.runtime?.state !== 'running' || d.json?.editor?.state !== 'running') throw new Error(d.text);
     }, { timeoutMs: 240_000, intervalMs: 500 });
     assert.equal(await execute('x = 42'), null);
@@ -190,11 +176,10 @@ outcome`);
   test('another user’s dataset is refused in the kernel, and the data token opens nothing on the edge', async () => {
     assert.match(unquote(await readInKernel(`${otherUsername}/private`, 'SELECT * FROM dataset')), /^FlightUnauthorizedError/);
     const token = unquote(await execute('os.environ["MARKCO_DATA_TOKEN"]'));
-    assert.equal((await call('/dashboard', { headers: { authorization: `Bearer ${token}` } })).status, 401, 'as a bearer token');
-    assert.equal((await call('/dashboard', { headers: { cookie: `markco_session=${token}` } })).status, 401, 'as a session cookie');
-    const page = await request(`${edge.url}/u/${userId}/`, { headers: { cookie: `markco_session=${token}`, accept: 'application/json' } });
-    await page.body.text();
-    assert.ok([401, 403].includes(page.statusCode), `the token does not open the user’s editor (${page.statusCode})`);
+    assert.equal((await client.call('/dashboard', { headers: { ...json, authorization: `Bearer ${token}` } })).status, 401, 'as a bearer token');
+    assert.equal((await client.call('/dashboard', { session: { cookie: `markco_session=${token}` }, headers: json })).status, 401, 'as a session cookie');
+    const page = await client.call(`/u/${userId}/`, { session: { cookie: `markco_session=${token}` }, headers: json });
+    assert.ok([401, 403].includes(page.status), `the token does not open the user’s editor (${page.status})`);
   });
 
   test('a kernel that used the data service is checkpointed, returns with x still 42, and reads again with the same token', async () => {
@@ -204,16 +189,16 @@ outcome`);
       const entity = await temporal.client.workflow.getHandle(`runtime/${userId}`).query(entityStateQuery);
       if (entity.running || entity.queue.length > 0) throw new Error(JSON.stringify(entity));
     }, { timeoutMs: 120_000, intervalMs: 500 });
-    const idle = await call(`/api/runtimes/${userId}/idle?wait=240`, { admin: true, body: {} });
+    const idle = await client.call(`/api/runtimes/${userId}/idle?wait=240`, { headers: admin, body: {} });
     assert.equal(idle.status, 200, idle.text);
     assert.equal(idle.json.status, 'completed', idle.text);
     assert.equal((await db.store.runtimes.live(userId))?.state, 'checkpointed');
 
-    await request(`${edge.url}/u/${userId}/`, { headers: { cookie, accept: 'text/html' } }).then((r) => r.body.text());
+    const html = { accept: 'text/html' };
+    await client.call(`/u/${userId}/`, { session, headers: html });
     await waitFor('the runtime to be back', async () => {
-      const r = await request(`${edge.url}/u/${userId}/`, { headers: { cookie, accept: 'text/html' } });
-      await r.body.text();
-      if (r.statusCode !== 200 || (await db.store.runtimes.live(userId))?.state !== 'running') throw new Error(`status ${r.statusCode}`);
+      const r = await client.call(`/u/${userId}/`, { session, headers: html });
+      if (r.status !== 200 || (await db.store.runtimes.live(userId))?.state !== 'running') throw new Error(`status ${r.status}`);
     }, { timeoutMs: 240_000, intervalMs: 500 });
     assert.equal(await execute('x'), '42');
     const outcome = unquote(await readInKernel(`${username}/trips`, countSql));
