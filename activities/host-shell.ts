@@ -124,6 +124,23 @@ export class HostAbortError extends Error {
   }
 }
 
+/** `work`, or the abort's error as soon as `signal` aborts (the work itself runs on and is left to end). */
+async function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined, abortError: () => Error): Promise<T> {
+  if (!signal) return work;
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(abortError());
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  work.catch(() => undefined);
+  try {
+    return await Promise.race([work, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort!);
+  }
+}
+
 function abbreviate(command: string): string {
   return command.length > 300 ? `${command.slice(0, 300)}...` : command;
 }
@@ -716,7 +733,8 @@ export class SshShell implements HostShell {
     let client: Client;
     let channel: ClientChannel;
     try {
-      client = await this.connect();
+      // The connection being made runs on for the commands after this one; a cancel stops waiting for it at once.
+      client = await untilAborted(this.connect(), opts.signal, () => new HostAbortError(this.hostId, command));
       channel = await this.openChannel(client, argv, command, timeoutMs, opts.signal);
     } catch (err) {
       release();

@@ -10,7 +10,7 @@ import { ErrorType } from '../workflows/contracts/errors.js';
 import { hostIdPattern, minimumCriuVersion, type HostConnection, type HostFacts, type RegisterHostInput } from '../workflows/contracts/hosts.js';
 import { userIdPattern, type Plan } from '../workflows/contracts/users.js';
 import { describeInstanceById, findHostInstances, findManagedInstances, requireCloud, terminateInstanceById } from './ec2.js';
-import { HostAbortError, HostConnectError, type HostShells, type HostShell } from './host-shell.js';
+import { HostConnectError, type HostShells, type HostShell } from './host-shell.js';
 import { compareVersions, criuVersionArgs, dataForwardArgs, parseCriuVersion, parsePodmanVersion, podmanRuntimeArgs, podmanVersionArgs, parseStorageRoots, storageRootsArgs } from './podman-commands.js';
 import { decideReap, type ReapDecision } from './reap-decisions.js';
 
@@ -99,23 +99,6 @@ export function provisionedHostOf(h: HostRecord): ProvisionedHost {
   return { hostId: h.id, instanceId: h.instanceId, instanceType: h.instanceType, address: h.address, lifecycle: h.lifecycle ?? 'on-demand' };
 }
 
-/** `work`, or the abort's error as soon as `signal` aborts (the work itself runs on and is left to end). */
-async function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined, abortError: () => Error): Promise<T> {
-  if (!signal) return work;
-  let onAbort: (() => void) | undefined;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(abortError());
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-  });
-  work.catch(() => undefined);
-  try {
-    return await Promise.race([work, aborted]);
-  } finally {
-    signal.removeEventListener('abort', onAbort!);
-  }
-}
-
 /** ssh refusals that waiting cannot fix: the host presents another key than the one it was given. */
 const sshWaitIsFutile = (err: unknown) => err instanceof HostConnectError && (err.reason === 'host-key' || err.reason === 'no-host-key');
 
@@ -195,11 +178,10 @@ export function createHostActivities(deps: HostActivityDeps) {
       while (Date.now() - started < timeoutMs) {
         attempts++;
         try {
-          // A connection being made does not heed the signal: a cancelled wait stops at once all the same,
-          // or a worker shutting down waits for an ssh handshake with a host that is already gone.
-          await untilAborted(deps.shells.for(c).run(['true'], { timeoutMs: 15_000, ...(signal ? { signal } : {}) }), signal, () => new HostAbortError(c.hostId, 'true'));
+          await deps.shells.for(c).run(['true'], { timeoutMs: 15_000, ...(signal ? { signal } : {}) });
           return { attempts, waitedMs: Date.now() - started };
         } catch (err) {
+          // Cancelled (a shutting-down worker too): stop now, not after another handshake with a host that is gone.
           if (sshWaitIsFutile(err) || signal?.aborted) throw err;
           lastError = (err as Error).message;
         }

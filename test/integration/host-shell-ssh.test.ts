@@ -68,6 +68,15 @@ describe('ssh2 host shell', () => {
     await ghost.close();
   });
 
+  test('a command cancelled while its connection is still being made stops at once, not at the connect timeout', async () => {
+    const ghost = new SshShell({ ...connectionTo(h.state.hosts[0]!), hostId: 'ghost', address: `${h.state.network.prefix}.250` }, { privateKey: readFileSync(h.state.sshKeyPath), connectTimeoutMs: 60_000, commandTimeoutMs: 90_000 });
+    const cancel = new AbortController();
+    const outcome = ghost.run(['true'], { signal: cancel.signal });
+    setTimeout(() => cancel.abort(), 200);
+    await assert.rejects(outcome, (err: unknown) => err instanceof HostAbortError, 'the cancel ends it, not the 60 s connect timeout');
+    await ghost.close();
+  });
+
   test('a host that goes silent mid-command: the cancel and the deadline still end commands at once, and the shell reconnects once it is back', async () => {
     const host = h.state.hosts[1]!;
     // A shell of its own: the shared one's connection must not be the one given up.
